@@ -1,0 +1,139 @@
+"""A registry in a local folder, laid out exactly like the Drive one.
+
+This is the embedded default (``make demo`` builds one under ``.demo/``) and
+what tests use. Files are described by size and sha256, which is computed once
+per (path, size, mtime) and remembered for the life of the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from common.errors import ModelConfigError, ModelNotFound, RegistryError
+from common.manifest import ModelManifest, load_manifest, parse_manifest
+from common.registry import EntryError, Listing, ModelRecord, Registry, RemoteFile
+
+log = logging.getLogger(__name__)
+
+MODEL_JSON = "model.json"
+PREVIOUS = "previous_versions"
+_VERSION_DIR = re.compile(r"^v?(\d+\.\d+\.\d+)$")
+
+
+class LocalRegistry(Registry):
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._hashes: dict[tuple[str, int, int], str] = {}
+
+    def __repr__(self) -> str:
+        return f"LocalRegistry({str(self.root)!r})"
+
+    # -- listing -----------------------------------------------------------
+    def _folders(self) -> list[Path]:
+        if not self.root.is_dir():
+            raise RegistryError(f"registry folder {self.root} does not exist")
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def list_models(self) -> Listing:
+        listing = Listing()
+        for folder in self._folders():
+            listing.total_folders += 1
+            try:
+                listing.models.append(self._record(folder, folder, current=True))
+            except (ModelConfigError, RegistryError) as exc:
+                log.warning("registry entry %s skipped: %s", folder.name, exc)
+                listing.errors.append(EntryError(folder.name, str(exc)))
+        return listing
+
+    def resolve(self, name: str, version: str | None = None) -> ModelRecord:
+        folder = self._find(name)
+        current = self._record(folder, folder, current=True)
+        if version is None or version.lstrip("v") == current.version:
+            return current
+        wanted = version.lstrip("v")
+        for vdir in self._previous_dirs(folder):
+            if _VERSION_DIR.match(vdir.name).group(1) == wanted:
+                return self._record(folder, vdir, current=False, fallback=current.manifest)
+        raise ModelNotFound(f"model {name!r} has no version {wanted}; versions: {', '.join(self.versions(name))}")
+
+    def versions(self, name: str) -> list[str]:
+        folder = self._find(name)
+        current = self._manifest(folder).version
+        older = [_VERSION_DIR.match(v.name).group(1) for v in self._previous_dirs(folder)]
+        older.sort(key=lambda v: tuple(int(p) for p in v.split(".")), reverse=True)
+        return [current] + [v for v in older if v != current]
+
+    def fetch(self, file: RemoteFile, sink: BinaryIO) -> None:
+        try:
+            with open(file.locator, "rb") as src:
+                shutil.copyfileobj(src, sink, 1 << 20)
+        except OSError as exc:
+            raise RegistryError(f"cannot read {file.locator}: {exc.strerror}") from exc
+
+    # -- helpers -----------------------------------------------------------
+    def _find(self, name: str) -> Path:
+        direct = self.root / name
+        if direct.is_dir() and (direct / MODEL_JSON).is_file():
+            return direct
+        for folder in self._folders():
+            try:
+                if json.loads((folder / MODEL_JSON).read_text()).get("name") == name:
+                    return folder
+            except (OSError, ValueError, AttributeError):
+                continue
+        raise ModelNotFound(f"no model {name!r} in {self.root}")
+
+    @staticmethod
+    def _previous_dirs(folder: Path) -> list[Path]:
+        prev = folder / PREVIOUS
+        if not prev.is_dir():
+            return []
+        return sorted(p for p in prev.iterdir() if p.is_dir() and _VERSION_DIR.match(p.name))
+
+    @staticmethod
+    def _manifest(vdir: Path, fallback: ModelManifest | None = None) -> ModelManifest:
+        path = vdir / MODEL_JSON
+        source = f"{vdir.name}/{MODEL_JSON}"
+        if not path.is_file():
+            if fallback is None:
+                raise RegistryError("No model.json found")
+            # An older version without its own model.json inherits the current one.
+            data = dict(fallback.raw)
+            data["version"] = _VERSION_DIR.match(vdir.name).group(1)
+            return parse_manifest(data, source=source)
+        return load_manifest(path.read_bytes(), source=source)
+
+    def _record(self, folder: Path, vdir: Path, *, current: bool,
+                fallback: ModelManifest | None = None) -> ModelRecord:
+        manifest = self._manifest(vdir, fallback)
+        files = [self._describe(vdir, manifest.file_name)]
+        for extra in manifest.extra_files:
+            path = vdir / extra
+            if path.is_dir():
+                files.extend(self._describe(vdir, p.relative_to(vdir).as_posix())
+                             for p in sorted(path.rglob("*")) if p.is_file())
+            else:
+                files.append(self._describe(vdir, extra))
+        return ModelRecord(folder=folder.name, manifest=manifest, files=tuple(files), current=current)
+
+    def _describe(self, vdir: Path, rel: str) -> RemoteFile:
+        path = vdir / rel
+        if not path.is_file():
+            raise RegistryError(f"Model file {rel} not found")
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        digest = self._hashes.get(key)
+        if digest is None:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            digest = self._hashes[key] = h.hexdigest()
+        return RemoteFile(path=rel, size=st.st_size, locator=str(path), sha256=digest)

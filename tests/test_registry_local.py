@@ -1,0 +1,94 @@
+"""The local-folder registry: Drive's layout, listing, resolving, versions, fetch."""
+
+import hashlib
+import io
+import json
+
+import pytest
+
+from common.errors import ModelNotFound, RegistryError
+from common.registry.local import LocalRegistry
+from tests.conftest import write_model
+
+
+def manifest(name, version="1.0.0", **extra):
+    data = {"name": name, "version": version, "framework": "onnx", "type": "detector",
+            "file_name": "model.onnx", "labels": ["a", "b"],
+            "input": {"shape": [1, 3, 32, 32]}}
+    data.update(extra)
+    return data
+
+
+@pytest.fixture
+def root(tmp_path):
+    write_model(tmp_path, "alpha", manifest("alpha", "2.1.0"), {"model.onnx": b"current weights"})
+    write_model(tmp_path / "alpha" / "previous_versions", "v1.0.0", manifest("alpha", "1.0.0"),
+                {"model.onnx": b"old weights"})
+    # An older version without its own model.json inherits the current one.
+    (tmp_path / "alpha" / "previous_versions" / "v2.0.0").mkdir()
+    (tmp_path / "alpha" / "previous_versions" / "v2.0.0" / "model.onnx").write_bytes(b"v2.0 weights")
+    write_model(tmp_path, "beta-ir", manifest("beta", framework="openvino", file_name="net.xml"),
+                {"net.xml": b"<net/>", "net.bin": b"\x00" * 10})
+    write_model(tmp_path, "no-json", {}, {}).joinpath("model.json").unlink()
+    write_model(tmp_path, "no-weights", manifest("no-weights"), {})
+    write_model(tmp_path, "bad-json", {}, {}).joinpath("model.json").write_text('{"name": "x",}')
+    write_model(tmp_path, "bad-field", manifest("bad-field", input={"layout": "NCWH"}), {"model.onnx": b"x"})
+    (tmp_path / ".hidden").mkdir()
+    return tmp_path
+
+
+def test_listing_reports_bad_entries_and_keeps_the_rest(root):
+    listing = LocalRegistry(root).list_models()
+    assert [m.folder for m in listing.models] == ["alpha", "beta-ir"]
+    assert listing.total_folders == 6
+    errors = {e.folder: e.error for e in listing.errors}
+    assert set(errors) == {"bad-field", "bad-json", "no-json", "no-weights"}
+    assert errors["no-json"] == "No model.json found"
+    assert errors["no-weights"] == "Model file model.onnx not found"
+    assert errors["bad-json"] == ("bad-json/model.json: $: invalid JSON at line 1, column 14: "
+                                  "Expecting property name enclosed in double quotes")
+    assert "$.input.layout" in errors["bad-field"]
+
+
+def test_files_are_described_by_size_and_sha256(root):
+    record = LocalRegistry(root).resolve("beta")  # by model.json name, folder is beta-ir
+    assert record.folder == "beta-ir"
+    by_path = {f.path: f for f in record.files}
+    assert set(by_path) == {"net.xml", "net.bin"}  # the IR's .bin comes along
+    assert by_path["net.bin"].size == 10
+    assert by_path["net.bin"].sha256 == hashlib.sha256(b"\x00" * 10).hexdigest()
+    assert by_path["net.xml"].content_key == "sha256-" + hashlib.sha256(b"<net/>").hexdigest()
+    assert record.primary.path == "net.xml"
+
+
+def test_resolve_versions(root):
+    registry = LocalRegistry(root)
+    assert registry.versions("alpha") == ["2.1.0", "2.0.0", "1.0.0"]
+    current = registry.resolve("alpha")
+    assert (current.version, current.current) == ("2.1.0", True)
+    old = registry.resolve("alpha", "1.0.0")
+    assert (old.version, old.current, old.folder) == ("1.0.0", False, "alpha")
+    assert old.primary.size == len(b"old weights")
+    inherited = registry.resolve("alpha", "v2.0.0")
+    assert inherited.version == "2.0.0" and inherited.manifest.labels == current.manifest.labels
+    assert inherited.primary.sha256 == hashlib.sha256(b"v2.0 weights").hexdigest()
+    with pytest.raises(ModelNotFound, match=r"no version 9.9.9; versions: 2.1.0, 2.0.0, 1.0.0"):
+        registry.resolve("alpha", "9.9.9")
+    with pytest.raises(ModelNotFound, match="no model 'gamma'"):
+        registry.resolve("gamma")
+
+
+def test_fetch_streams_the_bytes(root):
+    registry = LocalRegistry(root)
+    record = registry.resolve("alpha")
+    sink = io.BytesIO()
+    registry.fetch(record.primary, sink)
+    assert sink.getvalue() == b"current weights"
+    (root / "alpha" / "model.onnx").unlink()
+    with pytest.raises(RegistryError, match="cannot read"):
+        registry.fetch(record.primary, io.BytesIO())
+
+
+def test_missing_root_is_a_registry_error(tmp_path):
+    with pytest.raises(RegistryError, match="does not exist"):
+        LocalRegistry(tmp_path / "nowhere").list_models()
