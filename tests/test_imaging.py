@@ -1,0 +1,337 @@
+"""decode_image: transports (raw / base64 / data URL), modes, EXIF orientation, errors, pixel limit."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.errors import InvalidImage
+from common.imaging import decode_image, encode_png, max_image_pixels
+
+RNG = np.random.default_rng(7)
+RGB = RNG.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+
+
+def _save(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _check(arr: np.ndarray, h: int, w: int) -> None:
+    assert arr.dtype == np.uint8
+    assert arr.shape == (h, w, 3)
+    assert arr.flags.c_contiguous and arr.flags.writeable
+
+
+@pytest.fixture(autouse=True)
+def _warnings_are_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+# ---------------------------------------------------------------- transports
+
+
+def test_raw_png_bytes_round_trip():
+    out = decode_image(encode_png(RGB))
+    _check(out, 5, 7)
+    np.testing.assert_array_equal(out, RGB)
+
+
+def test_bytearray_and_memoryview():
+    data = encode_png(RGB)
+    np.testing.assert_array_equal(decode_image(bytearray(data)), RGB)
+    np.testing.assert_array_equal(decode_image(memoryview(data)), RGB)
+
+
+def _png_with_b64_specials() -> bytes:
+    """A PNG whose standard base64 contains '+' or '/' and needs padding."""
+    for seed in range(200):
+        arr = np.random.default_rng(seed).integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+        data = encode_png(arr)
+        std = base64.b64encode(data)
+        if (b"+" in std or b"/" in std) and std.endswith(b"="):
+            return data
+    raise AssertionError("no suitable PNG found")
+
+
+def _b64_variants(data: bytes) -> dict[str, object]:
+    std = base64.b64encode(data).decode()
+    url = base64.urlsafe_b64encode(data).decode()
+    assert std != url  # the data exercises the two alphabets
+    return {
+        "std str": std,
+        "std bytes": std.encode(),
+        "no padding": std.rstrip("="),
+        "urlsafe": url,
+        "urlsafe no padding": url.rstrip("="),
+        "mime lines": base64.encodebytes(data).decode(),  # newline every 76 chars
+        "spaces and tabs": " \t" + " ".join(std[i:i + 10] for i in range(0, len(std), 10)) + "\r\n",
+        "data url": "data:image/png;base64," + std,
+        "data url bytes": ("data:image/png;base64," + url.rstrip("=")).encode(),
+        "data url no media type": "data:;base64," + std,
+    }
+
+
+@pytest.mark.parametrize("variant", list(_b64_variants(_png_with_b64_specials())))
+def test_base64_variants(variant):
+    data = _png_with_b64_specials()
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    out = decode_image(_b64_variants(data)[variant])
+    _check(out, 4, 5)
+    np.testing.assert_array_equal(out, expected)
+
+
+# ---------------------------------------------------------------- modes
+
+
+def test_mode_rgb_jpeg():
+    arr = np.zeros((16, 16, 3), np.uint8)
+    arr[:, :8] = (200, 30, 40)
+    arr[:, 8:] = (20, 160, 220)
+    out = decode_image(_save(Image.fromarray(arr), "JPEG", quality=95))
+    _check(out, 16, 16)
+    assert np.abs(out[8, 2].astype(int) - (200, 30, 40)).max() < 12
+    assert np.abs(out[8, 13].astype(int) - (20, 160, 220)).max() < 12
+
+
+def test_mode_L():
+    grey = np.array([[0, 17, 255], [128, 64, 3]], np.uint8)
+    out = decode_image(_save(Image.fromarray(grey, "L")))
+    _check(out, 2, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], grey)
+
+
+def test_mode_LA_drops_alpha():
+    la = Image.fromarray(np.dstack([np.array([[10, 200]], np.uint8), np.array([[0, 255]], np.uint8)]), "LA")
+    assert la.mode == "LA"
+    out = decode_image(_save(la))
+    _check(out, 1, 2)
+    np.testing.assert_array_equal(out[0], [[10, 10, 10], [200, 200, 200]])  # alpha 0 keeps its grey
+
+
+def _palette_image() -> Image.Image:
+    p = Image.new("P", (3, 1))
+    p.putpalette([10, 20, 30, 200, 100, 50, 0, 255, 0])
+    for x, idx in enumerate([0, 1, 2]):
+        p.putpixel((x, 0), idx)
+    return p
+
+
+def test_mode_P():
+    out = decode_image(_save(_palette_image()))
+    _check(out, 1, 3)
+    np.testing.assert_array_equal(out[0], [[10, 20, 30], [200, 100, 50], [0, 255, 0]])
+
+
+@pytest.mark.parametrize("transparency", [0, b"\x00\x80\xff"], ids=["index", "bytes"])
+def test_mode_P_with_transparency(transparency):
+    data = _save(_palette_image(), transparency=transparency)
+    img = Image.open(io.BytesIO(data))
+    assert img.mode == "P" and "transparency" in img.info
+    out = decode_image(data)
+    np.testing.assert_array_equal(out[0], [[10, 20, 30], [200, 100, 50], [0, 255, 0]])
+
+
+def test_mode_P_gif_with_transparency():
+    out = decode_image(_save(_palette_image(), "GIF", transparency=1))
+    np.testing.assert_array_equal(out[0], [[10, 20, 30], [200, 100, 50], [0, 255, 0]])
+
+
+def test_mode_RGBA_drops_alpha_without_compositing():
+    rgba = np.array([[[10, 20, 30, 0], [40, 50, 60, 128], [70, 80, 90, 255]]], np.uint8)
+    out = decode_image(_save(Image.fromarray(rgba, "RGBA")))
+    _check(out, 1, 3)
+    np.testing.assert_array_equal(out[0], rgba[0, :, :3])
+
+
+def test_mode_CMYK():
+    cmyk = Image.new("CMYK", (3, 1))
+    cmyk.putpixel((0, 0), (255, 0, 0, 0))  # cyan
+    cmyk.putpixel((1, 0), (0, 0, 0, 0))  # white
+    cmyk.putpixel((2, 0), (0, 255, 255, 0))  # red
+    out = decode_image(_save(cmyk, "TIFF"))
+    _check(out, 1, 3)
+    np.testing.assert_array_equal(out[0], [[0, 255, 255], [255, 255, 255], [255, 0, 0]])
+    jpeg = decode_image(_save(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", quality=95))
+    assert np.abs(jpeg[4, 4].astype(int) - (255, 0, 0)).max() < 8
+
+
+def test_mode_1():
+    bits = Image.new("1", (3, 2))
+    bits.putpixel((1, 0), 1)
+    bits.putpixel((2, 1), 1)
+    out = decode_image(_save(bits))
+    _check(out, 2, 3)
+    np.testing.assert_array_equal(out[:, :, 1], [[0, 255, 0], [0, 0, 255]])
+
+
+def test_mode_I16_takes_high_byte():
+    a16 = np.array([[0x1234, 65535, 255], [256, 0, 0x8000]], np.uint16)
+    data = _save(Image.fromarray(a16))
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    out = decode_image(data)
+    _check(out, 2, 3)
+    np.testing.assert_array_equal(out[:, :, 0], [[0x12, 255, 0], [1, 0, 0x80]])
+    np.testing.assert_array_equal(out[:, :, 2], out[:, :, 0])
+
+
+def test_mode_I16B():
+    a16 = np.array([[0x1234, 65535, 0x0100]], np.uint16).astype(">u2")
+    data = _save(Image.fromarray(a16), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I;16B"
+    np.testing.assert_array_equal(decode_image(data)[0, :, 1], [0x12, 255, 1])
+
+
+def test_mode_I_within_8_bit_range_is_clipped():
+    ai = np.array([[-5, 0, 100, 255]], np.int32)
+    data = _save(Image.fromarray(ai), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I"
+    np.testing.assert_array_equal(decode_image(data)[0, :, 0], [0, 0, 100, 255])
+
+
+def test_mode_I_wide_range_scaled_by_max():
+    ai = np.array([[-7, 200, 400, 1000]], np.int32)
+    np.testing.assert_array_equal(decode_image(_save(Image.fromarray(ai), "TIFF"))[0, :, 0], [0, 51, 102, 255])
+
+
+def test_mode_F():
+    af = np.array([[0.4, 1.6, 254.7, -3.0]], np.float32)
+    data = _save(Image.fromarray(af), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "F"
+    np.testing.assert_array_equal(decode_image(data)[0, :, 2], [0, 2, 255, 0])
+    wide = np.array([[0.0, 204.0, 1020.0, np.nan]], np.float32)
+    np.testing.assert_array_equal(decode_image(_save(Image.fromarray(wide), "TIFF"))[0, :, 0], [0, 51, 255, 0])
+
+
+# ---------------------------------------------------------------- EXIF orientation
+
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def _quadrants() -> np.ndarray:
+    """32 wide x 16 high: top-left red, top-right green, bottom-left blue, bottom-right white."""
+    a = np.zeros((16, 32, 3), np.uint8)
+    a[:8, :16], a[:8, 16:], a[8:, :16], a[8:, 16:] = RED, GREEN, BLUE, WHITE
+    return a
+
+
+def _with_orientation(fmt: str, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    kw = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}
+    return _save(Image.fromarray(_quadrants()), fmt, exif=exif, **kw)
+
+
+# displayed corners (top-left, top-right, bottom-left, bottom-right), displayed shape, numpy rotation
+ORIENTATIONS = {
+    6: ((BLUE, RED, WHITE, GREEN), (32, 16), -1),  # rotate 90 clockwise
+    3: ((WHITE, BLUE, GREEN, RED), (16, 32), 2),  # rotate 180
+    8: ((GREEN, WHITE, RED, BLUE), (32, 16), 1),  # rotate 90 counter-clockwise
+}
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_exif_orientation(fmt, orientation):
+    corners, (h, w), k = ORIENTATIONS[orientation]
+    data = _with_orientation(fmt, orientation)
+    assert Image.open(io.BytesIO(data)).getexif().get(0x0112) == orientation
+    out = decode_image(data)
+    _check(out, h, w)
+    tol = 0 if fmt == "PNG" else 10
+    probes = [(2, 2), (2, w - 3), (h - 3, 2), (h - 3, w - 3)]
+    for (y, x), colour in zip(probes, corners):
+        assert np.abs(out[y, x].astype(int) - colour).max() <= tol, (y, x, out[y, x], colour)
+    if fmt == "PNG":
+        np.testing.assert_array_equal(out, np.rot90(_quadrants(), k=k))
+
+
+def test_orientation_1_unchanged():
+    np.testing.assert_array_equal(decode_image(_with_orientation("PNG", 1)), _quadrants())
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("data", [b"", "", "   \n", b"\r\n"], ids=["bytes", "str", "spaces", "newline"])
+def test_empty_is_invalid(data):
+    with pytest.raises(InvalidImage, match="empty"):
+        decode_image(data)
+
+
+def test_missing_is_invalid():
+    with pytest.raises(InvalidImage, match="no image data"):
+        decode_image(None)
+    with pytest.raises(InvalidImage, match="not int"):
+        decode_image(12)
+
+
+def test_garbage_bytes():
+    with pytest.raises(InvalidImage, match="not an image in a known format") as info:
+        decode_image(b"\x00\x01\x02 definitely not an image \xff")
+    assert "Traceback" not in str(info.value)
+
+
+def test_garbage_base64_text():
+    with pytest.raises(InvalidImage, match="not valid base64"):
+        decode_image("this is *not* base64!")
+    with pytest.raises(InvalidImage, match="not valid base64"):
+        decode_image("abcde")  # impossible length
+    with pytest.raises(InvalidImage, match="not an image"):
+        decode_image(base64.b64encode(b"hello world, no image here").decode())
+    with pytest.raises(InvalidImage, match="only base64 data URLs"):
+        decode_image("data:image/png,%89PNG")
+    with pytest.raises(InvalidImage, match="neither base64"):
+        decode_image("bild\u00e4")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_image(fmt):
+    data = _save(Image.fromarray(RNG.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)), fmt)
+    with pytest.raises(InvalidImage, match="truncated or corrupt"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_pixel_limit_argument():
+    data = encode_png(np.zeros((10, 11, 3), np.uint8))
+    assert decode_image(data, max_pixels=110).shape == (10, 11, 3)
+    with pytest.raises(InvalidImage, match="11x10 = 110 pixels, more than the limit of 109 pixels"):
+        decode_image(data, max_pixels=109)
+
+
+def test_pixel_limit_env(monkeypatch):
+    monkeypatch.setenv("RUNNER_MAX_IMAGE_PIXELS", "50")
+    assert max_image_pixels() == 50
+    with pytest.raises(InvalidImage, match="limit of 50 pixels"):
+        decode_image(encode_png(np.zeros((10, 11, 3), np.uint8)))
+    monkeypatch.setenv("RUNNER_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match="RUNNER_MAX_IMAGE_PIXELS"):
+        max_image_pixels()
+    monkeypatch.delenv("RUNNER_MAX_IMAGE_PIXELS")
+    assert max_image_pixels() == 2**28
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (a decompression-bomb header)."""
+    data = bytearray(encode_png(np.zeros((1, 1, 3), np.uint8)))
+    ihdr = 8 + 4  # signature + chunk length
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr:ihdr + 4 + 13]))
+    data[ihdr + 4 + 13:ihdr + 4 + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def test_decompression_bomb_rejected_before_decoding():
+    with pytest.raises(InvalidImage, match="70000x70000 = 4900000000 pixels, more than the limit of 268435456"):
+        decode_image(_png_claiming(70000, 70000))
