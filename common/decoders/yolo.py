@@ -1,0 +1,220 @@
+"""``yolo``: YOLO-family detection heads (v5/v7 with objectness, v8/v11 without, end-to-end exports).
+
+Raw head layouts (batch item 0 is decoded; C = number of classes, N = candidates):
+
+* ``v8``: ``[1, 4+C, N]`` — box then per-class scores, channels first
+  (YOLOv8/v9/v11 ``output0``).
+* ``v8_transposed``: ``[1, N, 4+C]`` — the same, one row per candidate.
+* ``v5``: ``[1, N, 5+C]`` — box, objectness, per-class scores; score = objectness × class score
+  (YOLOv5/v7 without NMS).
+* ``auto`` (default): with the class count known (model.json labels), the one layout whose
+  width matches; without it, ``[1, 4+C, N]`` when the second dimension is the smaller one.
+  Anything ambiguous is an error asking for ``layout``.
+
+Boxes are ``xywh`` (centre, size; default) or ``xyxy``, in input-tensor pixels, or in 0..1 of
+the input when ``normalized``. Candidates below the score threshold are dropped, then NMS.
+
+With ``nms_in_graph`` the model already ran NMS and emits final rows, either
+``xyxy_score_class`` (``[1, K, 6]``: x1, y1, x2, y2, score, class — YOLOv8/v10 end-to-end exports)
+or ``batch_xyxy_class_score`` (``[K, 7]``: batch, x1, y1, x2, y2, class, score — yolov7's
+``--end2end``/``--include-nms`` ONNX). Padding rows (score <= 0, class < 0, all zeros) are skipped
+and no NMS is run again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+
+from common.decoders import DecodeContext, Detections, register
+from common.decoders.nms import nms
+from common.errors import ModelConfigError
+
+log = logging.getLogger(__name__)
+
+PARAMS_SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "yolo decoder parameters",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "output": {
+            "type": ["string", "integer", "null"],
+            "minimum": 0,
+            "default": None,
+            "description": "Which output holds the head: tensor name (a ':0' suffix is tolerated) or "
+                           "0-based index in the model's output order. Default null: the first output.",
+        },
+        "layout": {
+            "type": "string",
+            "enum": ["auto", "v8", "v8_transposed", "v5"],
+            "default": "auto",
+            "description": "Raw head layout: 'v8' [1, 4+C, N]; 'v8_transposed' [1, N, 4+C]; "
+                           "'v5' [1, N, 5+C] with objectness; 'auto' (default) picks the one that "
+                           "matches the number of labels. Ignored with nms_in_graph.",
+        },
+        "box_format": {
+            "type": "string",
+            "enum": ["xywh", "xyxy"],
+            "default": "xywh",
+            "description": "Box columns: 'xywh' centre x, centre y, width, height (default) or "
+                           "'xyxy' corners. Ignored with nms_in_graph (rows are always xyxy).",
+        },
+        "normalized": {
+            "type": "boolean",
+            "default": False,
+            "description": "True when box coordinates are fractions (0..1) of the input width/height "
+                           "rather than input pixels. Default false.",
+        },
+        "nms_in_graph": {
+            "type": "boolean",
+            "default": False,
+            "description": "True when the model already ran NMS and outputs final rows (see 'rows'). "
+                           "Default false: threshold + NMS are done here.",
+        },
+        "rows": {
+            "type": "string",
+            "enum": ["xyxy_score_class", "batch_xyxy_class_score"],
+            "default": "xyxy_score_class",
+            "description": "Row format with nms_in_graph: 'xyxy_score_class' [1, K, 6] (default; "
+                           "YOLOv8/v10 end-to-end) or 'batch_xyxy_class_score' [K, 7] (yolov7 NMS export).",
+        },
+        "iou_threshold": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "default": 0.45,
+            "description": "NMS IoU threshold: a box overlapping a better one by more than this is "
+                           "dropped. Default 0.45.",
+        },
+        "class_agnostic": {
+            "type": "boolean",
+            "default": False,
+            "description": "True: boxes of different classes suppress each other. Default false "
+                           "(NMS per class).",
+        },
+        "max_detections": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 300,
+            "description": "At most this many detections are returned (best first). Default 300.",
+        },
+    },
+}
+
+_DEFAULTS = {k: v["default"] for k, v in PARAMS_SCHEMA["properties"].items() if "default" in v}
+
+
+def _pick_output(outputs: Mapping[str, np.ndarray], key: str | int | None) -> np.ndarray:
+    names = list(outputs)
+    if not names:
+        raise ModelConfigError([("$.output.decoder.output", "the model returned no outputs")])
+    if key is None:
+        return np.asarray(outputs[names[0]])
+    if isinstance(key, int):
+        if 0 <= key < len(names):
+            return np.asarray(outputs[names[key]])
+    else:
+        for name in (key, f"{key}:0", key[:-2] if key.endswith(":0") else None):
+            if name is not None and name in outputs:
+                return np.asarray(outputs[name])
+    raise ModelConfigError([("$.output.decoder.output", f"no output {key!r}; outputs are {names}")])
+
+
+def _layout_error(shape: tuple[int, ...], why: str) -> ModelConfigError:
+    return ModelConfigError([("$.output.decoder.layout", f"yolo output of shape {list(shape)}: {why}")])
+
+
+def _rows(head: np.ndarray, layout: str, num_classes: int | None) -> tuple[np.ndarray, bool]:
+    """(N, 4+C or 5+C) candidate rows of batch item 0, and whether they carry objectness."""
+    if head.ndim == 2:
+        head = head[None]
+    if head.ndim != 3:
+        raise _layout_error(head.shape, "expected 3 dimensions [batch, a, b]")
+    shape = head.shape
+    if layout == "auto":
+        a, b = shape[1], shape[2]
+        if num_classes:
+            matches = [name for name, ok in (("v8", a == 4 + num_classes),
+                                             ("v8_transposed", b == 4 + num_classes),
+                                             ("v5", b == 5 + num_classes)) if ok]
+            if len(matches) != 1:
+                raise _layout_error(shape, f"with {num_classes} labels the layout is "
+                                    f"{'ambiguous ' + str(matches) if matches else 'none of v8/v8_transposed/v5'}; "
+                                    "set output.decoder.layout")
+            layout = matches[0]
+        elif a < b:
+            layout = "v8"
+        else:
+            raise _layout_error(shape, "cannot tell v5 from v8_transposed without labels; set output.decoder.layout")
+    item = head[0]
+    if layout == "v8":
+        item = item.T
+    need = 5 if layout == "v5" else 4
+    if item.shape[1] <= need:
+        raise _layout_error(shape, f"layout {layout!r} needs more than {need} values per candidate")
+    return item, layout == "v5"
+
+
+def _to_xyxy(box: np.ndarray, box_format: str) -> np.ndarray:
+    if box_format == "xyxy":
+        return box.astype(np.float32, copy=True)
+    cx, cy, w, h = box[:, 0], box[:, 1], box[:, 2] / 2, box[:, 3] / 2
+    return np.stack([cx - w, cy - h, cx + w, cy + h], axis=1).astype(np.float32)
+
+
+def _scale(boxes: np.ndarray, ctx: DecodeContext) -> np.ndarray:
+    h, w = ctx.input_hw
+    return boxes * np.asarray([w, h, w, h], np.float32)
+
+
+def _decode_final_rows(head: np.ndarray, p: Mapping[str, Any], ctx: DecodeContext) -> Detections:
+    head = np.asarray(head, np.float32)
+    if p["rows"] == "batch_xyxy_class_score":
+        rows = head.reshape(-1, head.shape[-1])
+        if rows.shape[1] != 7:
+            raise _layout_error(head.shape, "rows 'batch_xyxy_class_score' need 7 columns")
+        rows = rows[rows[:, 0] == 0]
+        boxes, classes, scores = rows[:, 1:5], rows[:, 5], rows[:, 6]
+    else:
+        rows = head[0] if head.ndim == 3 else head.reshape(-1, head.shape[-1])
+        if rows.shape[-1] != 6:
+            raise _layout_error(head.shape, "rows 'xyxy_score_class' need 6 columns")
+        boxes, scores, classes = rows[:, :4], rows[:, 4], rows[:, 5]
+    real = (scores > 0) & (classes >= 0) & np.any(rows != 0, axis=1)
+    keep = real & (scores >= ctx.score_threshold)
+    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    order = np.argsort(-scores, kind="stable")[: p["max_detections"]]
+    boxes = boxes[order].astype(np.float32)
+    if p["normalized"]:
+        boxes = _scale(boxes, ctx)
+    return Detections(boxes, scores[order].astype(np.float32), np.rint(classes[order]).astype(np.int64))
+
+
+@register("yolo", PARAMS_SCHEMA)
+def decode(outputs: Mapping[str, np.ndarray], ctx: DecodeContext, params: Mapping[str, Any]) -> Detections:
+    p = {**_DEFAULTS, **params}
+    head = _pick_output(outputs, p["output"])
+    if p["nms_in_graph"]:
+        return _decode_final_rows(head, p, ctx)
+
+    rows, has_objectness = _rows(np.asarray(head), p["layout"], ctx.num_classes)
+    rows = rows.astype(np.float32, copy=False)
+    first_class = 5 if has_objectness else 4
+    class_scores = rows[:, first_class:]
+    class_ids = np.argmax(class_scores, axis=1)
+    scores = class_scores[np.arange(rows.shape[0]), class_ids]
+    if has_objectness:
+        scores = scores * rows[:, 4]
+    keep = np.flatnonzero(scores >= ctx.score_threshold)
+    if not keep.shape[0]:
+        return Detections.empty()
+    boxes = _to_xyxy(rows[keep, :4], p["box_format"])
+    if p["normalized"]:
+        boxes = _scale(boxes, ctx)
+    scores, class_ids = scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
+    picked = nms(boxes, scores, p["iou_threshold"], class_ids, p["class_agnostic"], p["max_detections"])
+    log.debug("yolo: %d candidates over threshold, %d after NMS", keep.shape[0], picked.shape[0])
+    return Detections(boxes[picked], scores[picked], class_ids[picked])
