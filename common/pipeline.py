@@ -15,6 +15,7 @@ import numpy as np
 from common import cvat, decoders
 from common.decoders import DecodeContext, Detections
 from common.errors import RuntimeLoadError
+from common.imaging import decode_image_for
 from common.manifest import ModelManifest
 from common.preprocess import Transform, prepare
 from common.runtimes import Runtime
@@ -77,15 +78,44 @@ class DetectorPipeline:
         ctx = DecodeContext(input_hw=input_hw, score_threshold=threshold, num_classes=len(self.labels) or None)
         return self.decoder.decode(outputs, ctx, self.manifest.output.decoder.params)
 
-    def __call__(self, image: np.ndarray, threshold: float | None = None) -> list[dict[str, Any]]:
-        """CVAT detector items for an H×W×3 uint8 RGB image."""
+    def needed_size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) a picture of this size is resized to before the network."""
+        if self.target_hw is None:
+            return width, height
+        th, tw = self.target_hw
+        if self.manifest.input.resize.mode == "stretch":
+            return tw, th
+        r = min(th / height, tw / width)
+        return max(1, round(width * r)), max(1, round(height * r))
+
+    def annotate(self, data: bytes | str, threshold: float | None = None) -> list[dict[str, Any]]:
+        """CVAT detector items for an encoded picture (raw or base64), in its own pixels.
+
+        A large JPEG is decoded at the reduced scale the network needs
+        (see :func:`common.imaging.decode_image_for`); shapes are mapped back
+        to the full picture.
+        """
+        pixels, full_size = decode_image_for(data, self.needed_size)
+        return self(pixels, threshold, full_size=full_size)
+
+    def __call__(self, image: np.ndarray, threshold: float | None = None, *,
+                 full_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+        """CVAT detector items for an H×W×3 uint8 RGB image.
+
+        ``full_size`` (width, height): the picture ``image`` was decoded from
+        at a reduced scale; shapes are scaled back to it.
+        """
         if threshold is None:
             threshold = self.manifest.output.score_threshold
         tensor, transform = self.preprocess(image)
         outputs = self.runtime.run({self.input.name: tensor})
         hw = (tensor.shape[2], tensor.shape[3]) if self.manifest.input.layout == "NCHW" else tensor.shape[1:3]
         detections = self.decode(outputs, (int(hw[0]), int(hw[1])), threshold)
-        return to_cvat(detections, transform, image.shape[:2], self.labels)
+        height, width = image.shape[:2]
+        if full_size is not None and full_size != (width, height):
+            transform = transform.then_scale(full_size[0] / width, full_size[1] / height)
+            width, height = full_size
+        return to_cvat(detections, transform, (height, width), self.labels)
 
 
 def to_cvat(dets: Detections, transform: Transform, image_hw: tuple[int, int], labels: dict) -> list[dict[str, Any]]:

@@ -53,6 +53,11 @@ class Transform:
         return (boxes - (self.pad_x, self.pad_y, self.pad_x, self.pad_y)) / (
             self.scale_x, self.scale_y, self.scale_x, self.scale_y)
 
+    def then_scale(self, fx: float, fy: float) -> "Transform":
+        """This transform followed by scaling image coordinates by (fx, fy):
+        for a picture decoded at a reduced scale, back to its full size."""
+        return Transform(self.scale_x / fx, self.scale_y / fy, self.pad_x, self.pad_y)
+
     def points_to_input(self, xy: np.ndarray) -> np.ndarray:
         """The forward map: original-image pixels -> network-input pixels (float64)."""
         xy = np.asarray(xy, dtype=np.float64)

@@ -21,7 +21,7 @@ from tools.nuclio_harness import http_event
 
 GOLDEN = {
     ("blazeface-face-detector", "astronaut.png"): [("face", [179.1, 81.3, 271.7, 173.9])],
-    ("blazeface-face-detector", "grace_hopper.jpg"): [("face", [165.5, 140.5, 368.6, 343.2])],
+    ("blazeface-face-detector", "grace_hopper.jpg"): [("face", [167.8, 146.2, 364.4, 342.5])],
     ("blazeface-face-detector", "coffee.png"): [],
     ("blazeface-face-detector", "page.png"): [],
     ("cdla-layout-detector", "page.png"): [("title", [11.1, 12.9, 291.4, 33.9]),

@@ -335,3 +335,50 @@ def _png_claiming(width: int, height: int) -> bytes:
 def test_decompression_bomb_rejected_before_decoding():
     with pytest.raises(InvalidImage, match="70000x70000 = 4900000000 pixels, more than the limit of 268435456"):
         decode_image(_png_claiming(70000, 70000))
+
+
+# -- decoding no more pixels than the model needs --------------------------------
+
+def _jpeg(width, height, orientation=None):
+    from PIL import Image as _Image
+
+    img = _Image.new("RGB", (width, height), (200, 30, 30))
+    img.paste((30, 30, 200), (0, 0, width // 2, height // 2))  # blue top-left quarter
+    buf = io.BytesIO()
+    exif = _Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    img.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_jpeg_is_decoded_at_the_scale_the_model_needs():
+    from common.imaging import decode_image_for
+
+    pixels, full = decode_image_for(_jpeg(1920, 1080), lambda w, h: (w // 3, h // 3))
+    assert full == (1920, 1080)
+    assert pixels.shape == (540, 960, 3)  # 1/2 is the smallest DCT scale still >= 640x360
+    pixels, full = decode_image_for(_jpeg(1920, 1080), lambda w, h: (100, 60))
+    assert (full, pixels.shape) == ((1920, 1080), (135, 240, 3))  # 1/8
+    assert tuple(pixels[10, 10]) == pytest.approx((30, 30, 200), abs=12)
+
+
+def test_reduced_decoding_respects_exif_rotation():
+    from common.imaging import decode_image_for
+
+    pixels, full = decode_image_for(_jpeg(1920, 1080, orientation=6), lambda w, h: (w // 4, h // 4))
+    assert full == (1080, 1920)  # upright size
+    assert pixels.shape == (480, 270, 3)
+    # Orientation 6 rotates 90° clockwise: the stored top-left quarter ends up top-right.
+    assert tuple(pixels[10, -10]) == pytest.approx((30, 30, 200), abs=12)
+
+
+def test_no_reduction_when_the_model_needs_more_pixels_or_the_format_cannot():
+    from common.imaging import decode_image_for
+
+    pixels, full = decode_image_for(_jpeg(320, 200), lambda w, h: (640, 400))
+    assert (full, pixels.shape) == ((320, 200), (200, 320, 3))
+    png = io.BytesIO()
+    Image.new("RGB", (1920, 1080)).save(png, format="PNG")
+    pixels, full = decode_image_for(png.getvalue(), lambda w, h: (100, 60))
+    assert (full, pixels.shape) == ((1920, 1080), (1080, 1920, 3))

@@ -203,3 +203,14 @@ def test_every_image_mode_reaches_the_model(tmp_path, mode):
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     [shape] = worker.invoke(http_event({"image": png_b64(image, fmt)})).json()
     np.testing.assert_allclose(shape["points"], [0, 0, 90, 30], atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "stretch"])
+def test_a_large_jpeg_decoded_at_reduced_scale_maps_back_to_full_size(tmp_path, mode):
+    manifest = detector_manifest("content", labels=("thing",), hw=(640, 480))
+    manifest["input"]["preprocessing"]["resize"]["mode"] = mode
+    worker = start(tmp_path, "content", manifest, sm.content_box_detector(640, 480, PAD / 255.0))
+    [shape] = worker.invoke(http_event({"image": png_b64(Image.new("RGB", (3775, 1571), (255, 255, 255)),
+                                                                  "JPEG")})).json()
+    # 1/2 DCT scale (1888x786): the edges come back to the full picture within a pixel.
+    np.testing.assert_allclose(shape["points"], [0, 0, 3775, 1571], atol=1.0)

@@ -69,6 +69,9 @@ class OnnxRuntimeEngine(Runtime):
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle pool threads would otherwise spin after each run and steal the
+        # cores that decode and preprocess the next request.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only; warnings about unused initializers are noise
         try:
             self.session = ort.InferenceSession(str(self.model_path), sess_options=options,

@@ -11,7 +11,6 @@ import logging
 
 from common.cvat import parse_detector_request
 from common.errors import PackError
-from common.imaging import decode_image
 from common.runner import RunnerSettings, load_model
 
 
@@ -32,8 +31,7 @@ def _json(context, status, payload):
 def handler(context, event):
     try:
         request = parse_detector_request(event.body)
-        image = decode_image(request.image)
-        shapes = context.user_data.model.pipeline(image, request.threshold)
+        shapes = context.user_data.model.pipeline.annotate(request.image, request.threshold)
     except PackError as exc:
         if exc.http_status >= 500:
             context.logger.error_with("request failed", error=str(exc))
