@@ -65,6 +65,35 @@ class DecoderInfo:
     params_schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
 
 
+def param_defaults(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``default`` of every parameter a decoder's schema declares."""
+    return {k: v["default"] for k, v in schema["properties"].items() if "default" in v}
+
+
+def output_named(outputs: Mapping[str, np.ndarray], key: str | int | None, param: str, *,
+                 required: bool = True) -> np.ndarray | None:
+    """The output a decoder parameter names: a tensor name (TensorFlow's ``:0``
+    suffix optional either way), an index into the outputs, or None for the
+    first output. A miss is a ModelConfigError at ``$.output.decoder.<param>``
+    listing the outputs, or None when not ``required``."""
+    from common.errors import ModelConfigError
+
+    names = list(outputs)
+    found = None
+    if key is None:
+        found = outputs[names[0]] if names else None
+    elif isinstance(key, int):
+        found = outputs[names[key]] if 0 <= key < len(names) else None
+    else:
+        alternatives = (key, f"{key}:0", key[:-2] if key.endswith(":0") else None)
+        found = next((outputs[n] for n in alternatives if n is not None and n in outputs), None)
+    if found is None:
+        if required:
+            raise ModelConfigError([(f"$.output.decoder.{param}", f"no output {key!r}; outputs are {names}")])
+        return None
+    return np.asarray(found)
+
+
 _REGISTRY: dict[str, DecoderInfo] = {}
 
 # Modules that define decoders; imported on first lookup.

@@ -35,7 +35,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from common.decoders import DecodeContext, Detections, register
+from common.decoders import DecodeContext, Detections, output_named, param_defaults, register
 from common.errors import ModelConfigError
 
 log = logging.getLogger(__name__)
@@ -117,20 +117,11 @@ PARAMS_SCHEMA: dict[str, Any] = {
     },
 }
 
-_DEFAULTS = {k: v["default"] for k, v in PARAMS_SCHEMA["properties"].items() if "default" in v}
+_DEFAULTS = param_defaults(PARAMS_SCHEMA)
 
 
 def _prob_map(outputs: Mapping[str, np.ndarray], key: str | int | None) -> np.ndarray:
-    names = list(outputs)
-    value = None
-    if key is None and names:
-        value = outputs[names[0]]
-    elif isinstance(key, int) and 0 <= key < len(names):
-        value = outputs[names[key]]
-    elif isinstance(key, str):
-        value = next((outputs[n] for n in (key, f"{key}:0") if n in outputs), None)
-    if value is None:
-        raise ModelConfigError([("$.output.decoder.output", f"no output {key!r}; outputs are {names}")])
+    value = output_named(outputs, key, "output")
     value = np.asarray(value, np.float32)
     if value.ndim == 4:  # [batch, 1, h, w]: batch item 0, channel 0
         value = value[0, 0]

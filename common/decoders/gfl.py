@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from common.decoders import DecodeContext, Detections, register
+from common.decoders import DecodeContext, Detections, param_defaults, register
 from common.decoders.nms import nms
 from common.errors import ModelConfigError
 
@@ -104,7 +104,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
     },
 }
 
-_DEFAULTS = {k: v["default"] for k, v in PARAMS_SCHEMA["properties"].items() if "default" in v}
+_DEFAULTS = param_defaults(PARAMS_SCHEMA)
 
 
 def _fail(message: str) -> ModelConfigError:

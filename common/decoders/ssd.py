@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from common.decoders import DecodeContext, Detections, register
+from common.decoders import DecodeContext, Detections, output_named, param_defaults, register
 from common.decoders.nms import nms
 from common.errors import ModelConfigError
 
@@ -102,22 +102,15 @@ PARAMS_SCHEMA: dict[str, Any] = {
     },
 }
 
-_DEFAULTS = {k: v["default"] for k, v in PARAMS_SCHEMA["properties"].items() if "default" in v}
+_DEFAULTS = param_defaults(PARAMS_SCHEMA)
 
 
 def _find(outputs: Mapping[str, np.ndarray], key: str | int | None, param: str,
           required: bool) -> np.ndarray | None:
-    names = list(outputs)
-    if key is None:
-        found = None
-    elif isinstance(key, int):
-        found = outputs[names[key]] if 0 <= key < len(names) else None
-    else:
-        alternatives = (key, f"{key}:0", key[:-2] if key.endswith(":0") else None)
-        found = next((outputs[n] for n in alternatives if n is not None and n in outputs), None)
-    if found is None and required:
-        raise ModelConfigError([(f"$.output.decoder.{param}", f"no output {key!r}; outputs are {names}")])
-    return None if found is None else np.asarray(found)
+    # Here a null name means "the model has no such output".
+    if key is None and not required:
+        return None
+    return output_named(outputs, key, param, required=required)
 
 
 def _item0(x: np.ndarray, rank: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from common.decoders import DecodeContext, Detections, register
+from common.decoders import DecodeContext, Detections, output_named, param_defaults, register
 from common.decoders.nms import nms, weighted_nms
 from common.errors import ModelConfigError
 
@@ -148,7 +148,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
     },
 }
 
-_DEFAULTS = {k: v["default"] for k, v in PARAMS_SCHEMA["properties"].items() if "default" in v}
+_DEFAULTS = param_defaults(PARAMS_SCHEMA)
 
 
 def _fail(message: str, param: str = "") -> ModelConfigError:
@@ -205,28 +205,16 @@ def generate_anchors(strides: tuple[int, ...], input_hw: tuple[int, int], *, min
     return anchors
 
 
-def _pick(outputs: Mapping[str, np.ndarray], key: str | int | None, param: str) -> np.ndarray:
-    names = list(outputs)
-    if isinstance(key, int):
-        if 0 <= key < len(names):
-            return np.asarray(outputs[names[key]])
-    else:
-        for name in (key, f"{key}:0"):
-            if name in outputs:
-                return np.asarray(outputs[name])
-    raise _fail(f"no output {key!r}; outputs are {names}", param)
-
-
 def _select(outputs: Mapping[str, np.ndarray], p: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     reg_key, cls_key = p["regressors"], p["classificators"]
     if reg_key is not None and cls_key is not None:
-        return _pick(outputs, reg_key, "regressors"), _pick(outputs, cls_key, "classificators")
+        return output_named(outputs, reg_key, "regressors"), output_named(outputs, cls_key, "classificators")
     arrays = [np.asarray(v) for v in outputs.values()]
     if len(arrays) < 2:
         raise _fail(f"needs a regressors and a classificators output, got {len(arrays)} output(s)")
     by_width = sorted(arrays, key=lambda a: a.shape[-1])
-    regressors = _pick(outputs, reg_key, "regressors") if reg_key is not None else by_width[-1]
-    classes = _pick(outputs, cls_key, "classificators") if cls_key is not None else by_width[0]
+    regressors = output_named(outputs, reg_key, "regressors") if reg_key is not None else by_width[-1]
+    classes = output_named(outputs, cls_key, "classificators") if cls_key is not None else by_width[0]
     return regressors, classes
 
 

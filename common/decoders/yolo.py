@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from common.decoders import DecodeContext, Detections, register
+from common.decoders import DecodeContext, Detections, output_named, param_defaults, register
 from common.decoders.nms import nms
 from common.errors import ModelConfigError
 
@@ -104,23 +104,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
     },
 }
 
-_DEFAULTS = {k: v["default"] for k, v in PARAMS_SCHEMA["properties"].items() if "default" in v}
-
-
-def _pick_output(outputs: Mapping[str, np.ndarray], key: str | int | None) -> np.ndarray:
-    names = list(outputs)
-    if not names:
-        raise ModelConfigError([("$.output.decoder.output", "the model returned no outputs")])
-    if key is None:
-        return np.asarray(outputs[names[0]])
-    if isinstance(key, int):
-        if 0 <= key < len(names):
-            return np.asarray(outputs[names[key]])
-    else:
-        for name in (key, f"{key}:0", key[:-2] if key.endswith(":0") else None):
-            if name is not None and name in outputs:
-                return np.asarray(outputs[name])
-    raise ModelConfigError([("$.output.decoder.output", f"no output {key!r}; outputs are {names}")])
+_DEFAULTS = param_defaults(PARAMS_SCHEMA)
 
 
 def _layout_error(shape: tuple[int, ...], why: str) -> ModelConfigError:
@@ -196,7 +180,7 @@ def _decode_final_rows(head: np.ndarray, p: Mapping[str, Any], ctx: DecodeContex
 @register("yolo", PARAMS_SCHEMA)
 def decode(outputs: Mapping[str, np.ndarray], ctx: DecodeContext, params: Mapping[str, Any]) -> Detections:
     p = {**_DEFAULTS, **params}
-    head = _pick_output(outputs, p["output"])
+    head = output_named(outputs, p["output"], "output")
     if p["nms_in_graph"]:
         return _decode_final_rows(head, p, ctx)
 
