@@ -77,6 +77,7 @@ class LoadedModel:
     snapshot: Snapshot
     runtime: Runtime
     pipeline: DetectorPipeline
+    timings: dict[str, float]  # seconds spent at start: files (cache checkout), load, warm_up
 
 
 def load_model(settings: RunnerSettings, registry: Registry | None = None) -> LoadedModel:
@@ -88,15 +89,19 @@ def load_model(settings: RunnerSettings, registry: Registry | None = None) -> Lo
         raise ModelConfigError([("$.type", f"type {manifest.type!r} is not served by this runner yet "
                                            f"(served: {', '.join(SERVED_TYPES)})")], source=f"{record.folder}/model.json")
     cache = ModelCache(settings.cache_dir, settings.cache_size, limit_setting="MODEL_CACHE_SIZE")
-    started = time.perf_counter()
+    clock = time.perf_counter()
     snapshot = cache.checkout(record, registry.fetch)
-    fetched = time.perf_counter()
+    timings = {"files": time.perf_counter() - clock}
+    clock = time.perf_counter()
     runtime = load_runtime(manifest.runtime.name, snapshot.file(manifest.file_name),
                            extra_paths={p: snapshot.file(p) for p in manifest.extra_files},
                            precision=manifest.runtime.precision, device=manifest.runtime.device)
     pipeline = DetectorPipeline(manifest, runtime)
+    timings["load"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     pipeline.warm_up()
-    log.info("pack %s: serving %s %s (%s on %s via %s); files ready in %.2fs, loaded in %.2fs",
+    timings["warm_up"] = time.perf_counter() - clock
+    log.info("pack %s: serving %s %s (%s on %s via %s); files ready in %.2fs, loaded in %.2fs, warm-up %.2fs",
              __version__, manifest.name, manifest.version, manifest.framework, runtime.device,
-             manifest.runtime.name, fetched - started, time.perf_counter() - fetched)
-    return LoadedModel(record, snapshot, runtime, pipeline)
+             manifest.runtime.name, timings["files"], timings["load"], timings["warm_up"])
+    return LoadedModel(record, snapshot, runtime, pipeline, timings)

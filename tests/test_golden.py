@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tools.assets import asset_path
+from tools.demo import IMAGES
 from tools.nuclio_harness import http_event
 
 GOLDEN = {
@@ -89,5 +90,5 @@ def test_make_demo_writes_json_and_pictures(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "blazeface-face-detector            astronaut.png           1  face" in done.stdout
     outputs = sorted(p.relative_to(tmp_path / "output").as_posix() for p in (tmp_path / "output").rglob("*.*"))
-    assert len(outputs) == 4 * 4 * 2  # models x images x (json, png)
+    assert len(outputs) == 2 * sum(len(images) for images in IMAGES.values())  # a JSON and a PNG each
     assert "ppocr-text-detector/page.png" in outputs and "ppocr-text-detector/page.json" in outputs

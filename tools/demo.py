@@ -22,14 +22,21 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from tools.assets import asset_path
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_MODELS = REPO / "demo" / "models"
 RUNNER_DIR = REPO / "functions" / "gdrive-runner"
-IMAGES = ("astronaut.png", "grace_hopper.jpg", "page.png", "coffee.png")
+# Each model on the pictures of its domain, plus one it should find nothing in.
+IMAGES = {
+    "blazeface-face-detector": ("astronaut.png", "grace_hopper.jpg", "coffee.png"),
+    "cdla-layout-detector": ("page.png", "astronaut.png"),
+    "cdla-layout-detector-openvino": ("page.png", "astronaut.png"),
+    "ppocr-text-detector": ("page.png", "grace_hopper.jpg", "astronaut.png"),
+}
+DEFAULT_IMAGES = ("astronaut.png", "grace_hopper.jpg", "page.png", "coffee.png")
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
           "#fabed4", "#469990")
 
@@ -57,8 +64,11 @@ def image_b64(path: Path) -> str:
 
 
 def draw(image_path: Path, shapes: list[dict], out: Path, labels: list[str]) -> None:
-    image = Image.open(image_path).convert("RGB")
-    canvas = ImageDraw.Draw(image)
+    """The picture with each shape outlined and tagged ``label score`` on a coloured band."""
+    image = Image.open(image_path).convert("RGBA")
+    bands = Image.new("RGBA", image.size)
+    canvas, band_canvas = ImageDraw.Draw(image), ImageDraw.Draw(bands)
+    font = ImageFont.load_default(size=max(10, min(image.size) // 40))
     for shape in shapes:
         color = COLORS[labels.index(shape["label"]) % len(COLORS)] if shape["label"] in labels else "#ffffff"
         pts = shape["points"]
@@ -66,8 +76,13 @@ def draw(image_path: Path, shapes: list[dict], out: Path, labels: list[str]) -> 
             canvas.rectangle(pts, outline=color, width=2)
         elif shape["type"] == "polygon":
             canvas.polygon(list(zip(pts[0::2], pts[1::2])), outline=color, width=2)
-        canvas.text((pts[0] + 3, pts[1] + 2), f"{shape['label']} {float(shape['confidence']):.2f}", fill=color)
-    image.save(out)
+        text = f"{shape['label']} {float(shape['confidence']):.2f}"
+        x, y = min(pts[0::2]), min(pts[1::2])
+        left, top, right, bottom = canvas.textbbox((x, y), text, font=font)
+        lift = bottom - top + 4 if y - (bottom - top + 4) >= 0 else 0  # above the shape when there is room
+        band_canvas.rectangle((left - 2, top - lift - 2, right + 2, bottom - lift + 2), fill=color + "b0")
+        band_canvas.text((x, y - lift), text, fill="white", font=font)
+    Image.alpha_composite(image, bands).convert("RGB").save(out)
 
 
 def main() -> int:
@@ -90,7 +105,7 @@ def main() -> int:
         worker = Worker(RUNNER_DIR, env=env)
         labels = [label.name for label in worker.context.user_data.model.record.manifest.labels]
         (output / model_dir.name).mkdir(parents=True, exist_ok=True)
-        for name in IMAGES:
+        for name in IMAGES.get(model_dir.name, DEFAULT_IMAGES):
             path = asset_path(name)
             event = http_event({"image": image_b64(path)})
             timings = []
