@@ -91,3 +91,34 @@ def test_fetch_streams_the_bytes(root):
 def test_missing_root_is_a_registry_error(tmp_path):
     with pytest.raises(RegistryError, match="does not exist"):
         LocalRegistry(tmp_path / "nowhere").list_models()
+
+
+def test_links_out_of_the_model_folder_are_refused(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    root = tmp_path / "registry"
+    write_model(root, "leaky", manifest("leaky"), {})
+    (root / "leaky" / "model.onnx").symlink_to(secret)
+    write_model(root, "leaky-dir", manifest("leaky-dir", extra_files=["data"]), {"model.onnx": b"w"})
+    (root / "leaky-dir" / "data").symlink_to(tmp_path)
+    write_model(root, "inner-link", manifest("inner-link", extra_files=["data"]), {"model.onnx": b"w",
+                                                                             "real/a.bin": b"a"})
+    (root / "inner-link" / "data").mkdir()
+    (root / "inner-link" / "data" / "a.bin").symlink_to(root / "inner-link" / "real" / "a.bin")
+    write_model(root, "folder-weights", manifest("folder-weights"), {"model.onnx/x": b"w"})
+    listing = LocalRegistry(root).list_models()
+    errors = {e.folder: e.error for e in listing.errors}
+    assert errors == {"leaky": "Model file model.onnx points outside the model folder",
+                      "leaky-dir": "Model file data points outside the model folder",
+                      "folder-weights": "Model file model.onnx is a folder, not a file"}
+    [ok] = listing.models
+    assert ok.folder == "inner-link"  # a link that stays inside the model folder is fine
+    assert sorted(f.path for f in ok.files) == ["data/a.bin", "model.onnx"]
+
+
+def test_an_unreadable_entry_is_reported_and_the_rest_still_listed(tmp_path):
+    write_model(tmp_path, "good", manifest("good"), {"model.onnx": b"w"})
+    write_model(tmp_path, "deep", {}, {}).joinpath("model.json").write_text("[" * 100000 + "]" * 100000)
+    listing = LocalRegistry(tmp_path).list_models()
+    assert [m.folder for m in listing.models] == ["good"]
+    assert [e.folder for e in listing.errors] == ["deep"]

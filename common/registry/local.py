@@ -50,6 +50,9 @@ class LocalRegistry(Registry):
             except (ModelConfigError, RegistryError) as exc:
                 log.warning("registry entry %s skipped: %s", folder.name, exc)
                 listing.errors.append(EntryError(folder.name, str(exc)))
+            except Exception as exc:  # one broken folder must never hide the others
+                log.exception("registry entry %s skipped", folder.name)
+                listing.errors.append(EntryError(folder.name, f"unreadable: {type(exc).__name__}: {exc}"))
         return listing
 
     def resolve(self, name: str, version: str | None = None) -> ModelRecord:
@@ -72,7 +75,7 @@ class LocalRegistry(Registry):
 
     def fetch(self, file: RemoteFile, sink: BinaryIO) -> None:
         try:
-            with open(file.locator, "rb") as src:
+            with open(file.locator, "rb") as src:  # _describe checked it lies inside the registry
                 shutil.copyfileobj(src, sink, 1 << 20)
         except OSError as exc:
             raise RegistryError(f"cannot read {file.locator}: {exc.strerror}") from exc
@@ -86,7 +89,7 @@ class LocalRegistry(Registry):
             try:
                 if json.loads((folder / MODEL_JSON).read_text()).get("name") == name:
                     return folder
-            except (OSError, ValueError, AttributeError):
+            except Exception:  # unreadable or malformed: list_models reports those
                 continue
         raise ModelNotFound(f"no model {name!r} in {self.root}")
 
@@ -117,16 +120,21 @@ class LocalRegistry(Registry):
         for extra in manifest.extra_files:
             path = vdir / extra
             if path.is_dir():
-                files.extend(self._describe(vdir, p.relative_to(vdir).as_posix())
-                             for p in sorted(path.rglob("*")) if p.is_file())
+                _check_inside(vdir, path, extra)
+                # os.walk does not follow links to folders; links to files are checked one by one.
+                found = [Path(top) / name for top, _, names in os.walk(path) for name in names]
+                files.extend(self._describe(vdir, p.relative_to(vdir).as_posix()) for p in sorted(found))
             else:
                 files.append(self._describe(vdir, extra))
         return ModelRecord(folder=folder.name, manifest=manifest, files=tuple(files), current=current)
 
     def _describe(self, vdir: Path, rel: str) -> RemoteFile:
         path = vdir / rel
+        if path.is_dir():
+            raise RegistryError(f"Model file {rel} is a folder, not a file")
         if not path.is_file():
             raise RegistryError(f"Model file {rel} not found")
+        _check_inside(vdir, path, rel)
         st = path.stat()
         key = (str(path), st.st_size, st.st_mtime_ns)
         digest = self._hashes.get(key)
@@ -137,3 +145,12 @@ class LocalRegistry(Registry):
                     h.update(chunk)
             digest = self._hashes[key] = h.hexdigest()
         return RemoteFile(path=rel, size=st.st_size, locator=str(path), sha256=digest)
+
+
+def _check_inside(vdir: Path, path: Path, rel: str) -> None:
+    """Refuse a file or folder that resolves outside its version folder (a link
+    to /etc/... must not be hashed, copied into the shared cache and served)."""
+    try:
+        path.resolve(strict=True).relative_to(vdir.resolve(strict=True))
+    except (ValueError, OSError):
+        raise RegistryError(f"Model file {rel} points outside the model folder") from None
