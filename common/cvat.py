@@ -56,23 +56,31 @@ def parse_body(body: Any) -> dict[str, Any]:
             body = json.loads(body)
         except ValueError as exc:
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("request body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
     return body
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A request value quoted in an error message: JSON, and short."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def parse_threshold(value: Any) -> float | None:
-    """A number or numeric string in [0, 1]; None when absent."""
+    """A number or numeric string (ASCII) in [0, 1]; None when absent."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, bool):
-        raise BadRequest(f"threshold must be a number in [0, 1], got {json.dumps(value)}")
+    if isinstance(value, bool) or (isinstance(value, str) and not value.isascii()):
+        raise BadRequest(f"threshold must be a number in [0, 1], got {_shown(value)}")
     try:
         threshold = float(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"threshold must be a number in [0, 1], got {json.dumps(value, default=str)}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise BadRequest(f"threshold must be a number in [0, 1], got {_shown(value)}") from None
     if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
-        raise BadRequest(f"threshold must be in [0, 1], got {value!r}")
+        raise BadRequest(f"threshold must be in [0, 1], got {_shown(value)}")
     return threshold
 
 
