@@ -101,3 +101,14 @@ def test_weighted_nms_averages_group_by_score():
     assert keep.tolist() == [0, 2]
     np.testing.assert_allclose(merged[0], [0.5, 0, 10.5, 10])  # (0.6*0 + 0.2*2) / 0.8
     np.testing.assert_allclose(merged[1], boxes[2])
+
+
+def test_a_non_finite_box_does_not_switch_suppression_off():
+    from common.decoders.nms import weighted_nms
+
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, np.inf, 5], [0, 0, 4, 4]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, np.nan], np.float32)
+    classes = np.array([0, 0, 1, 1])
+    assert nms(boxes, scores, 0.5, classes).tolist() == [0]  # the two class-0 boxes still merge
+    keep, merged = weighted_nms(boxes, scores, 0.5, classes)
+    assert keep.tolist() == [0] and merged.shape == (1, 4)

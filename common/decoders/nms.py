@@ -66,6 +66,30 @@ def _prepare(boxes, scores, class_ids, class_agnostic) -> tuple[np.ndarray, np.n
     return boxes, scores
 
 
+def _finite_only(fn):
+    """Run an NMS on the rows whose box and score are finite, and map the kept
+    indices back. One inf box (an fp16 overflow) would otherwise turn the
+    per-class offsets into NaN and switch suppression off for every class."""
+
+    def wrapper(boxes, scores, iou_threshold, class_ids=None, class_agnostic=False, max_detections=None):
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        if boxes.shape[0] != scores.shape[0]:
+            raise ValueError(f"nms: {boxes.shape[0]} boxes but {scores.shape[0]} scores")
+        finite = np.flatnonzero(np.isfinite(boxes).all(axis=1) & np.isfinite(scores))
+        if finite.shape[0] == scores.shape[0]:
+            return fn(boxes, scores, iou_threshold, class_ids, class_agnostic, max_detections)
+        ids = None if class_ids is None else np.asarray(class_ids).reshape(-1)[finite]
+        result = fn(boxes[finite], scores[finite], iou_threshold, ids, class_agnostic, max_detections)
+        if isinstance(result, tuple):  # weighted_nms: (indices, merged boxes)
+            return finite[result[0]], result[1]
+        return finite[result]
+
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return wrapper
+
+
+@_finite_only
 def nms(boxes, scores, iou_threshold: float, class_ids=None, class_agnostic: bool = False,
         max_detections: int | None = None) -> np.ndarray:
     """Greedy NMS; returns the kept indices (int64), best score first.
@@ -89,6 +113,7 @@ def nms(boxes, scores, iou_threshold: float, class_ids=None, class_agnostic: boo
     return np.asarray(keep, np.int64)
 
 
+@_finite_only
 def weighted_nms(boxes, scores, iou_threshold: float, class_ids=None, class_agnostic: bool = False,
                  max_detections: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weighted NMS (MediaPipe's ``WEIGHTED`` algorithm, BlazeFace).
