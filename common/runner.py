@@ -27,6 +27,7 @@ from typing import Mapping
 from common import __version__
 from common.cache import ModelCache, Snapshot, parse_size
 from common.errors import ModelConfigError, RegistryError
+from common.imaging import max_image_pixels
 from common.pipeline import DetectorPipeline
 from common.registry import ModelRecord, Registry
 from common.registry.local import LocalRegistry
@@ -56,6 +57,13 @@ class RunnerSettings:
             size = parse_size(env.get("MODEL_CACHE_SIZE", "20GiB"))
         except ValueError as exc:
             raise ModelConfigError(f"MODEL_CACHE_SIZE: {exc}", source="environment") from None
+        if size < 1:
+            raise ModelConfigError(f"MODEL_CACHE_SIZE must be at least 1 byte, got {env['MODEL_CACHE_SIZE']!r}",
+                                   source="environment")
+        try:  # checked here so that a bad value stops the start, not every request
+            max_image_pixels()
+        except ValueError as exc:
+            raise ModelConfigError(str(exc), source="environment") from None
         return cls(registry=env.get("MODEL_REGISTRY", "local:/opt/registry"), model=model,
                    version=env.get("MODEL_VERSION", "").strip() or None,
                    cache_dir=Path(env.get("MODEL_CACHE_DIR", "/var/cache/cvat-models")), cache_size=size)
