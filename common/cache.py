@@ -28,11 +28,23 @@ On-disk layout::
 
 Locking protocol:
 
-* get: if ``blobs/<key>`` exists, touch its mtime and return it. Otherwise take
-  ``locks/<key>.lock`` LOCK_EX (other askers block here), look again, and else
-  stream the bytes into a ``tmp/*.part`` file, held LOCK_EX, hashing and
-  counting them; verify size and checksums, fsync, chmod 0444, then under
-  ``locks/cache.lock`` evict to make room and ``os.replace`` it into ``blobs/``.
+* get: if ``blobs/<key>`` exists and is verified (below), touch its mtime and
+  return it. Otherwise take ``locks/<key>.lock`` LOCK_EX (other askers block
+  here), look again, and else stream the bytes into a ``tmp/*.part`` file,
+  held LOCK_EX, hashing and counting them; verify size and checksums, fsync,
+  chmod 0444, then under ``locks/cache.lock`` evict to make room and
+  ``os.replace`` it into ``blobs/``.
+* verify: before a blob is served, it is hashed (1 MiB reads) with the
+  algorithm its content key names and compared with the key; a wrong size
+  fails at once. A process verifies each blob once: the result is memoised
+  per :class:`ModelCache` (one per worker process) by content key and
+  ``(st_dev, st_ino, st_size)`` (not mtime or ctime: every use touches the
+  mtime, which moves the ctime too), and a blob this process downloaded
+  counts as verified already. A
+  blob that fails is logged and, under ``<key>.lock`` then ``cache.lock``,
+  unlinked while its remover holds LOCK_EX|LOCK_NB on it, then fetched again
+  like a missing one. If a live process pins it (LOCK_SH), it is left alone
+  and IntegrityError is raised: its user reads it through its path.
 * pin: a user of a blob keeps an fd on it with LOCK_SH, taken after ``open``
   and confirmed by ``fstat(fd).st_ino == stat(path).st_ino`` (the path may have
   been evicted between the open and the lock; then the blob is fetched again).
@@ -46,6 +58,15 @@ Locking protocol:
   alone. The evictor takes snapshot and blob locks only with LOCK_NB, so no
   wait cycle can form. Files in ``locks/`` are never deleted: unlinking a lock
   file that someone is blocked on would let two processes hold "the" lock.
+
+Why verify what was verified when admitted: the blobs outlive the processes
+that wrote them, in a directory other containers and people on the host can
+write to, on disks that can corrupt. A blob edited in place keeps its size, so
+without a hash a flipped float would silently change the model's answers (and
+garbage would fail every worker start) for as long as the blob stays cached.
+The cost is one read of each blob per process start: hashing runs at about
+0.5-1 GB/s, so a 1 GB model adds about a second to each worker's start. A blob
+edited while a process runs is caught by the next process, not by that one.
 
 The byte bound counts admitted blobs only; a download in flight is not
 counted until admission (room for it is made before it starts, and again,
@@ -86,6 +107,8 @@ MANIFEST_NAME = "model.json"
 
 _KEY_RE = re.compile(r"^(?:sha256-[0-9a-f]{64}|md5-[0-9a-f]{32})$")
 _PIN_ATTEMPTS = 5
+_HASH_CHUNK = 1 << 20  # bytes per read when verifying a cached blob
+MAX_MANIFEST_BYTES = 1 << 20  # model.json written into a snapshot: not counted in the bound
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
@@ -232,6 +255,16 @@ def _touch(target: Path | int) -> bool:
     return True
 
 
+def _hash_blob(fd: int, algorithm: str) -> str:
+    """Hex ``algorithm`` (``sha256`` or ``md5``) digest of the whole file open as ``fd``."""
+    hasher = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")
+    offset = 0
+    while chunk := os.pread(fd, _HASH_CHUNK, offset):
+        hasher.update(chunk)
+        offset += len(chunk)
+    return hasher.hexdigest()
+
+
 def _close_all(fds: list[int]) -> None:
     while fds:
         try:
@@ -341,6 +374,11 @@ class Snapshot:
 
 
 _Plan = list[tuple[PurePosixPath, RemoteFile, str]]  # (relative path, file, content key)
+_Identity = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_ctime_ns) of a blob
+
+
+def _identity(st: os.stat_result) -> _Identity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
 
 
 def _check_component(value: str, what: str) -> None:
@@ -399,6 +437,8 @@ class ModelCache:
         for folder in (self.blobs, self.tmp, self.locks, self.snapshots):
             folder.mkdir(parents=True, exist_ok=True)
         self._global_lock = self.locks / "cache.lock"
+        # content key -> (st_dev, st_ino, st_size) of the blob this object verified
+        self._verified: dict[str, tuple[int, int, int]] = {}
         self._clean_tmp()
         self._remove_broken_snapshots()
 
@@ -436,18 +476,32 @@ class ModelCache:
 
         Marks the blob used now. The path is not pinned: another process's
         eviction may remove it later; hold a :meth:`checkout` to keep it.
+        A cached blob is hashed against its content key the first time this
+        object serves it; a corrupt one is removed and fetched again.
         Raises CacheError (file larger than the cache), IntegrityError (bytes
-        do not match the registry's size or checksums) or what ``fetch`` raises;
-        in every failure nothing enters the cache.
+        do not match the registry's size or checksums, or a corrupt cached
+        blob is in use by another process) or what ``fetch`` raises; in every
+        failure nothing enters the cache.
         """
         key = self._key(file)
         path = self.blobs / key
-        if self._present(path, file):
+        ok, bad = self._examine(path, key, file)
+        if ok and _touch(path):
             return path
         self._check_fits(file)
         with _locked(self.locks / f"{key}.lock"):
-            if self._present(path, file):  # another process fetched it while we waited
-                return path
+            for _ in range(_PIN_ATTEMPTS):
+                ok, bad = self._examine(path, key, file, known_bad=bad)
+                if ok and _touch(path):  # another process fetched it while we waited
+                    return path
+                if bad is None:
+                    break
+                self._discard(path, key, file, bad)
+            else:
+                raise IntegrityError(
+                    f"{file.path}: cached blob {path} kept failing verification "
+                    f"({_PIN_ATTEMPTS} times) while being replaced"
+                )
             self._download(file, key, fetch)
         return path
 
@@ -460,18 +514,95 @@ class ModelCache:
             raise CacheError(f"{file.path}: malformed checksum in content key {key!r}")
         return key
 
-    def _present(self, path: Path, file: RemoteFile) -> bool:
+    def _remember(self, key: str, st: os.stat_result) -> None:
+        """Record that the file ``st`` describes holds ``key``'s bytes."""
+        self._verified[key] = (st.st_dev, st.st_ino, st.st_size)
+
+    def _is_verified(self, key: str, st: os.stat_result) -> bool:
+        return self._verified.get(key) == (st.st_dev, st.st_ino, st.st_size)
+
+    def _examine(
+        self,
+        path: Path,
+        key: str,
+        file: RemoteFile,
+        *,
+        known_bad: _Identity | None = None,
+    ) -> tuple[bool, _Identity | None]:
+        """Whether blob ``path`` holds ``key``'s bytes: ``(True, None)`` if so,
+        ``(False, None)`` if it is missing, ``(False, identity)`` if it is corrupt.
+
+        Hashes the blob unless this object verified that very file before
+        (``known_bad``: an identity already found corrupt, not hashed again;
+        it includes the ctime, so a new file that reuses the inode number
+        never passes for the corrupt one).
+        """
         try:
-            size = os.stat(path).st_size
+            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
         except FileNotFoundError:
-            return False
-        if size != file.size:
+            return False, None
+        try:
+            st = os.fstat(fd)
+            identity = _identity(st)
+            if self._is_verified(key, st):
+                return True, None
+            if identity == known_bad:
+                return False, identity
+            if st.st_size != file.size:
+                log.warning(
+                    "cached blob %s has %d bytes but the registry says %s has %d; "
+                    "removing it and fetching it again",
+                    path, st.st_size, file.path, file.size,
+                )  # fmt: skip
+                return False, identity
+            algorithm, expected = key.split("-", 1)
+            started = time.monotonic()
+            got = _hash_blob(fd, algorithm)
+        finally:
+            os.close(fd)
+        if got != expected:
             log.warning(
-                "cached blob %s has %d bytes but the registry says %s has %d; fetching it again",
-                path.name, size, file.path, file.size,
+                "cached blob %s of %s is corrupt: its %s is %s, not the %s its content key %s "
+                "names (edited in place or damaged on disk); removing it and fetching it again",
+                path, file.path, algorithm, got, expected, key,
             )  # fmt: skip
-            return False
-        return _touch(path)
+            return False, identity
+        self._remember(key, st)
+        log.debug("verified %s (%s) in %.2f s", key, _fmt(st.st_size), time.monotonic() - started)
+        return True, None
+
+    def _discard(self, path: Path, key: str, file: RemoteFile, bad: _Identity) -> None:
+        """Unlink the corrupt blob ``path`` (identity ``bad``); caller holds the key lock.
+
+        Raises IntegrityError if a live process pins it. Does nothing if the
+        path no longer names that file (the caller examines it again).
+        """
+        with _locked(self._global_lock):
+            try:
+                fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+            except FileNotFoundError:
+                return
+            try:
+                if _identity(os.fstat(fd)) != bad:
+                    return
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    message = (
+                        f"{file.path}: cached blob {path} does not match its content key "
+                        f"{key} (edited in place or damaged on disk), and a running process "
+                        f"is using it, so it cannot be replaced now; stop the functions using "
+                        f"this model (or delete the file) and start them again"
+                    )
+                    log.error("%s", message)
+                    raise IntegrityError(message) from None
+                if not _same_file(fd, path):
+                    return
+                os.unlink(path)
+                self._verified.pop(key, None)
+                log.warning("removed corrupt blob %s (%s)", key, file.path)
+            finally:
+                os.close(fd)
 
     def _check_fits(self, file: RemoteFile) -> None:
         if file.size > self.size_limit:
@@ -512,6 +643,7 @@ class ModelCache:
                 os.replace(part, self.blobs / key)
                 admitted = True
                 _fsync_dir(self.blobs)
+            self._remember(key, os.fstat(fd))  # hashed while written: not read back
             total += file.size
             log.info(
                 "cached %s as %s (%s in %.1f s); cache holds %s of %s",
@@ -678,9 +810,18 @@ class ModelCache:
         symlink per file at its relative path, and ``model.json`` holding
         ``record.manifest.raw``. An existing intact folder is reused; one with
         broken links (evicted blobs) is rebuilt. The returned :class:`Snapshot`
-        pins every blob until released.
+        pins every blob until released. A ``record.manifest.raw`` whose JSON
+        exceeds MAX_MANIFEST_BYTES (1 MiB) is refused with CacheError: the
+        snapshot folder is not counted in the cache's byte bound.
         """
         plan = self._plan(record)
+        with_manifest = all(str(rel) != MANIFEST_NAME for rel, _, _ in plan)
+        manifest = _manifest_text(record.manifest.raw) if with_manifest else None
+        if manifest is not None and (size := len(manifest.encode())) > MAX_MANIFEST_BYTES:
+            raise CacheError(
+                f"{record.folder}: {MANIFEST_NAME} is {_fmt(size)}, over the "
+                f"{_fmt(MAX_MANIFEST_BYTES)} a snapshot may hold"
+            )
         digest = hashlib.sha256()
         for rel, _, key in sorted(plan, key=lambda item: str(item[0])):
             digest.update(f"{rel}\0{key}\n".encode())
@@ -691,7 +832,7 @@ class ModelCache:
             for _, file, key in plan:
                 if key not in pins:
                     pins[key] = self._get_pinned(file, key, fetch)
-            self._layout(record, plan, final)
+            self._layout(plan, final, manifest)
         except BaseException:
             _close_all(list(pins.values()))
             raise
@@ -733,7 +874,13 @@ class ModelCache:
                     # The evictor may have unlinked the path between our open and
                     # lock; then we hold a dead inode and must fetch it again.
                     if _same_file(fd, path):
-                        return fd
+                        if self._is_verified(key, os.fstat(fd)):
+                            return fd
+                        # Evicted and fetched again by another process since
+                        # we verified it: the next get verifies the new file.
+                        os.close(fd)
+                        log.info("%s (%s) was replaced while being opened", file.path, key)
+                        continue
                 except BaseException:
                     os.close(fd)
                     raise
@@ -764,14 +911,14 @@ class ModelCache:
                 return False
         return not with_manifest or (final / MANIFEST_NAME).is_file()
 
-    def _layout(self, record: ModelRecord, plan: _Plan, final: Path) -> None:
-        """Make ``final`` an intact snapshot of ``plan`` (blobs already pinned)."""
-        with_manifest = all(str(rel) != MANIFEST_NAME for rel, _, _ in plan)
-        manifest = _manifest_text(record.manifest.raw)
+    def _layout(self, plan: _Plan, final: Path, manifest: str | None) -> None:
+        """Make ``final`` an intact snapshot of ``plan`` (blobs already pinned),
+        with ``model.json`` holding ``manifest`` unless it is None."""
+        with_manifest = manifest is not None
         with _locked(self._snapshot_lock(final)):
             if final.is_dir():
                 if self._intact(final, plan, with_manifest):
-                    if with_manifest:
+                    if manifest is not None:
                         self._refresh_manifest(final / MANIFEST_NAME, manifest)
                     return
                 log.info("snapshot %s has broken links (evicted blobs); rebuilding it", final)
@@ -782,7 +929,7 @@ class ModelCache:
                         link = build / rel
                         link.parent.mkdir(parents=True, exist_ok=True)
                         os.symlink(self._link_target(final, rel, key), link)
-                    if with_manifest:
+                    if manifest is not None:
                         with open(build / MANIFEST_NAME, "w", encoding="utf-8") as out:
                             out.write(manifest)
                             out.flush()

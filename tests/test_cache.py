@@ -536,3 +536,167 @@ def test_blob_evicted_between_open_and_lock(tmp_path, src):
         assert snap.file("model.bin").read_bytes() == src.bytes_of(weights)
         assert cache.evict(need_bytes=8 * SZ) == []  # the pin is on the live blob
     assert cache.evict(need_bytes=8 * SZ) == [weights.content_key]
+
+
+# ------------------------------------------------------------ verification
+
+
+def corrupt_in_place(blob: Path, *, truncate: bool = False) -> None:
+    """Edit an admitted (0444) blob the way a person or a bad disk would: same inode."""
+    size = blob.stat().st_size
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        if truncate:
+            f.truncate(size - 1)
+        else:
+            f.seek(size // 2)
+            byte = f.read(1)
+            f.seek(size // 2)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    os.chmod(blob, 0o444)
+    assert blob.stat().st_size == size - truncate
+
+
+class HashCounter:
+    """Wraps ``common.cache._hash_blob``, counting its calls."""
+
+    def __init__(self, monkeypatch):
+        import common.cache as module
+
+        self.calls = 0
+        real = module._hash_blob
+
+        def counting(fd, algorithm):
+            self.calls += 1
+            return real(fd, algorithm)
+
+        monkeypatch.setattr(module, "_hash_blob", counting)
+
+
+@pytest.mark.parametrize(
+    ("edit", "sha256", "via"),
+    [("flip", True, "checkout"), ("flip", False, "get"), ("truncate", True, "checkout")],
+)
+def test_blob_corrupted_in_place_is_refetched(tmp_path, src, caplog, edit, sha256, via):
+    root = tmp_path / "cache"
+    xml = src.add("model.xml", 4 * KiB)
+    weights = src.add("model.bin", SZ, sha256=sha256)
+    record = make_record("det", "1.0.0", [xml, weights])
+    count = tmp_path / "count"
+    fetch = DirFetch(str(src.folder), str(count))
+    with ModelCache(root, 8 * SZ).checkout(record, fetch):
+        pass
+    assert fetch_count(count) == 2
+    blob = root / "blobs" / weights.content_key
+    corrupt_in_place(blob, truncate=edit == "truncate")
+
+    cache = ModelCache(root, 8 * SZ)  # a new worker: nothing verified yet
+    with caplog.at_level(logging.WARNING, logger="common.cache"):
+        if via == "get":
+            assert cache.get(weights, fetch).read_bytes() == src.bytes_of(weights)
+        else:
+            with cache.checkout(record, fetch) as snap:
+                assert snap.file("model.bin").read_bytes() == src.bytes_of(weights)
+                assert snap.file("model.xml").read_bytes() == src.bytes_of(xml)
+    assert fetch_count(count) == 3  # the corrupt blob only, fetched again once
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(blob) in m and "fetching it again" in m for m in warnings), warnings
+    assert any(weights.content_key in m and "model.bin" in m for m in warnings), warnings
+    assert blob.read_bytes() == src.bytes_of(weights)
+    assert stat.S_IMODE(blob.stat().st_mode) == 0o444
+    assert tmp_entries(cache) == []
+    with ModelCache(root, 8 * SZ).checkout(record, fetch):  # healed: served as is
+        pass
+    assert fetch_count(count) == 3
+
+
+def test_blob_is_hashed_once_per_cache_object(tmp_path, src, monkeypatch):
+    root = tmp_path / "cache"
+    files = [src.add("model.xml", 4 * KiB), src.add("model.bin", SZ, sha256=False)]
+    record = make_record("det", "1.0.0", files)
+    count = tmp_path / "count"
+    fetch = DirFetch(str(src.folder), str(count))
+    hashes = HashCounter(monkeypatch)
+
+    cache = ModelCache(root, 8 * SZ)
+    for _ in range(2):
+        with cache.checkout(record, fetch):
+            pass
+    assert cache.get(files[1], fetch).exists()
+    assert fetch_count(count) == 2
+    assert hashes.calls == 0  # downloaded here: hashed while written, not read back
+
+    worker = ModelCache(root, 8 * SZ)  # another worker finds them cached
+    for _ in range(3):
+        with worker.checkout(record, fetch):
+            pass
+        assert worker.get(files[0], fetch).exists()
+    assert hashes.calls == 2  # each blob once
+    assert fetch_count(count) == 2
+
+
+def test_corrupt_blob_pinned_by_live_process_is_not_removed(tmp_path, src, ctx):
+    root = tmp_path / "cache"
+    weights = src.add("model.bin", SZ)
+    record = make_record("det", "1.0.0", [weights])
+    count = tmp_path / "count"
+    fetch = DirFetch(str(src.folder), str(count))
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=child_hold, args=(str(root), 8 * SZ, record, fetch, ready, release))
+    holder.start()
+    assert ready.wait(30), "the holder did not check out the model"
+    blob = root / "blobs" / weights.content_key
+    corrupt_in_place(blob)
+    corrupt = blob.read_bytes()
+    inode = blob.stat().st_ino
+
+    cache = ModelCache(root, 8 * SZ)
+    with pytest.raises(IntegrityError) as info:
+        cache.checkout(record, fetch)
+    message = str(info.value)
+    assert weights.content_key in message and "model.bin" in message
+    assert "does not match" in message and "using it" in message
+    assert blob.stat().st_ino == inode and blob.read_bytes() == corrupt  # left alone
+    assert fetch_count(count) == 1
+    assert tmp_entries(cache) == []
+
+    release.set()
+    holder.join(30)
+    assert holder.exitcode == 0
+    with cache.checkout(record, fetch) as snap:  # the user is gone: now it heals
+        assert snap.file("model.bin").read_bytes() == src.bytes_of(weights)
+    assert fetch_count(count) == 2
+
+
+def test_concurrent_workers_heal_a_corrupt_blob_once(tmp_path, src, ctx):
+    root = tmp_path / "cache"
+    file = src.add("model.onnx", 2 * SZ)
+    count = tmp_path / "count"
+    fetch = DirFetch(str(src.folder), str(count), delay=0.1)
+    ModelCache(root, 8 * SZ).get(file, fetch)
+    corrupt_in_place(root / "blobs" / file.content_key)
+    barrier = ctx.Barrier(2)
+    children = [
+        ctx.Process(target=child_get, args=(str(root), 8 * SZ, file, fetch, barrier))
+        for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(30)
+    assert [child.exitcode for child in children] == [0, 0]  # both read the right bytes
+    assert fetch_count(count) == 2  # the first download and one repair
+
+
+def test_oversized_manifest_is_refused(tmp_path, src):
+    from common.cache import MAX_MANIFEST_BYTES
+
+    cache = ModelCache(tmp_path / "cache", 8 * SZ)
+    count = tmp_path / "count"
+    fetch = DirFetch(str(src.folder), str(count))
+    record = make_record("det", "1.0.0", [src.add("model.onnx", KiB)])
+    record.manifest.raw["notes"] = "x" * MAX_MANIFEST_BYTES
+    with pytest.raises(CacheError, match=r"model\.json is 1\.0 MiB, over the 1\.0 MiB"):
+        cache.checkout(record, fetch)
+    assert fetch_count(count) == 0 and cache.keys() == []
+    assert list(cache.snapshots.iterdir()) == []
