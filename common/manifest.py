@@ -7,19 +7,29 @@ returns a :class:`ModelManifest`. Every fault is reported with its JSON path
 (e.g. ``$.input.layout``) in one :class:`~common.errors.ModelConfigError`.
 Nothing downstream reads the raw dict again. The format is documented in
 ``docs/model-json.md``.
+
+Whatever JSON document comes in, the outcome is a manifest or a
+ModelConfigError: documents nested too deeply, numbers that are not finite
+floats, and text that cannot be written as UTF-8 are refused (with their path)
+before anything else looks at them. Values quoted in messages are JSON, cut to
+about 80 characters, and at most ``MAX_PROBLEMS`` problems are listed.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import json
 import logging
+import math
 import posixpath
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
@@ -156,9 +166,15 @@ RUNTIME_FRAMEWORKS: Mapping[str, tuple[str, ...]] = MappingProxyType({
 })
 DEFAULT_DECODER = "yolo"  # for detectors whose model.json names no decoder
 
+# Limits on the document itself (the schema caps the sizes of its values).
+MAX_DEPTH = 100  # arrays and objects nested in one another, the document being level 1
+MAX_PROBLEMS = 100  # problems listed in one ModelConfigError; the rest are counted
+QUOTE_LIMIT = 80  # characters of an offending value quoted in a message
+
 _PathParts = tuple[str | int, ...]
 _Problem = tuple[_PathParts, str]
 _RESIZE = ("input", "preprocessing", "resize")
+_FLOAT_MAX = sys.float_info.max
 
 
 def load_schema() -> dict[str, Any]:
@@ -173,18 +189,40 @@ def _validator() -> Draft7Validator:
 
 
 def parse_manifest(data: Mapping[str, Any], *, source: str = "model.json") -> ModelManifest:
-    """Validate ``data`` (a decoded model.json) and build the typed manifest."""
-    problems: list[_Problem] = [
-        (tuple(err.absolute_path), _error_message(err)) for err in _validator().iter_errors(data)
-    ]
-    if isinstance(data, Mapping):
-        problems += _semantic_problems(data)
-    if problems:
-        raise ModelConfigError(_sorted_problems(problems), source=source)
-    manifest = _build(data, source)
+    """Validate ``data`` (a decoded model.json) and build the typed manifest.
+
+    Raises ModelConfigError, and nothing else, whatever ``data`` holds."""
+    return _parse_guarded(data, source, [])
+
+
+def _parse_guarded(data: Any, source: str, known: list[_Problem]) -> ModelManifest:
+    """:func:`_parse`, with anything but ModelConfigError turned into one.
+    ``known`` problems (found in the JSON text) are reported with the rest."""
+    try:
+        manifest = _parse(data, source, known)
+    except RecursionError:
+        raise _config_error([((), _too_deep())], source) from None
+    except (OverflowError, ValueError, TypeError, ArithmeticError) as exc:
+        # The checks above should have refused whatever gets here; say so rather than crash.
+        logger.warning("%s: unexpected %s while reading model.json", source, type(exc).__name__, exc_info=True)
+        raise _config_error([((), f"cannot be read ({type(exc).__name__}: {_cut(str(exc))})")],
+                            source) from None
     logger.debug("%s: %s %s (%s, %s) is valid", source, manifest.name, manifest.version,
                  manifest.framework, manifest.type)
     return manifest
+
+
+def _parse(data: Any, source: str, known: list[_Problem]) -> ModelManifest:
+    problems = known + _document_problems(data)
+    if len(problems) > len(known):  # not plain JSON values: nothing below could quote them safely
+        raise _config_error(problems, source)
+    problems += [(tuple(err.absolute_path), _error_message(err)) for err in _validator().iter_errors(data)
+                 if not _superseded(err)]
+    if isinstance(data, Mapping):
+        problems += _semantic_problems(data)
+    if problems:
+        raise _config_error(problems, source)
+    return _build(data, source)
 
 
 def load_manifest(text: str | bytes, *, source: str = "model.json") -> ModelManifest:
@@ -217,52 +255,255 @@ def load_manifest(text: str | bytes, *, source: str = "model.json") -> ModelMani
         raise ModelConfigError(
             [("$", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")], source=source
         ) from None
+    except RecursionError:
+        raise ModelConfigError([("$", _too_deep())], source=source) from None
     except ValueError as exc:
-        raise ModelConfigError([("$", f"invalid JSON: {exc}")], source=source) from None
+        message = str(exc)
+        if "integer string conversion" in message:  # Python's guard against huge integer literals
+            message = f"a number has more than {sys.get_int_max_str_digits()} digits"
+        raise ModelConfigError([("$", f"invalid JSON: {_cut(message)}")], source=source) from None
 
-    if not duplicates:
-        return parse_manifest(data, source=source)
-    problems = [("$", f"duplicate key {key!r} in a JSON object (only the last one would count)")
-                for key in dict.fromkeys(duplicates)]
-    try:
-        parse_manifest(data, source=source)
-    except ModelConfigError as exc:
-        problems += exc.problems  # already sorted; its "$" problems come first too
-    raise ModelConfigError(problems, source=source)
+    problems: list[_Problem] = [
+        ((), f"duplicate key {_quote(key)} in a JSON object (only the last one would count)")
+        for key in dict.fromkeys(duplicates)]
+    return _parse_guarded(data, source, problems)
 
 
 # ---- problem formatting ----------------------------------------------------
 
 
+def _config_error(problems: Iterable[_Problem], source: str) -> ModelConfigError:
+    return ModelConfigError(_sorted_problems(problems, limit=MAX_PROBLEMS), source=source)
+
+
+def _more_line(more: int) -> tuple[str, str]:
+    return "$", f"... and {more} more problem{'s' if more > 1 else ''} not listed"
+
+
+def _too_deep() -> str:
+    return f"nested too deeply (at most {MAX_DEPTH} levels of arrays and objects)"
+
+
+def _cut(text: str, limit: int = 2 * QUOTE_LIMIT) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` written as JSON, cut to ``limit`` characters with "…".
+
+    Builds only what it shows, so a 5 MB value costs no more than a small one;
+    lone surrogates come out as ``\\udc00`` text (the message must be writable)."""
+    out: list[str] = []
+    room = limit + 1
+
+    def put(text: str) -> None:
+        nonlocal room
+        if room > 0:
+            out.append(text[:room])
+            room -= len(text)
+
+    def emit(v: Any) -> None:
+        if room <= 0:
+            return
+        if isinstance(v, str):
+            put(json.dumps(v[:room], ensure_ascii=False))
+        elif isinstance(v, bool) or v is None:
+            put(json.dumps(v))
+        elif isinstance(v, int):
+            put(json.dumps(v) if v.bit_length() < 3000 else f"<an integer of {v.bit_length()} bits>")
+        elif isinstance(v, float):
+            put(json.dumps(v))
+        elif isinstance(v, Mapping):
+            put("{")
+            for i, (key, item) in enumerate(v.items()):
+                if room <= 0:
+                    return
+                put(", " if i else "")
+                emit(str(key))
+                put(": ")
+                emit(item)
+            put("}")
+        elif isinstance(v, (list, tuple)):
+            put("[")
+            for i, item in enumerate(v):
+                if room <= 0:
+                    return
+                put(", " if i else "")
+                emit(item)
+            put("]")
+        else:
+            put(repr(v))
+
+    emit(value)
+    text = "".join(out).encode("utf-8", "backslashreplace").decode("utf-8")
+    if room <= 0 or len(text) > limit:
+        text = text[:limit - 1] + "…"
+    return text
+
+
 def _json_path(parts: Iterable[str | int]) -> str:
-    """``("labels", 0, "name")`` -> ``$.labels[0].name``."""
+    """``("labels", 0, "name")`` -> ``$.labels[0].name`` (long keys cut, long paths cut in the middle)."""
     out = "$"
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.isidentifier():
+        elif part.isidentifier() and len(part) <= QUOTE_LIMIT:
             out += f".{part}"
         else:
-            out += f"[{json.dumps(part)}]"
+            out += f"[{_quote(part)}]"
+    if len(out) > 3 * QUOTE_LIMIT:
+        out = out[:2 * QUOTE_LIMIT] + "…" + out[-QUOTE_LIMIT:]
     return out
 
 
+def _json_text(value: Any) -> str:
+    """A schema's own value (an enum list, a bound) as JSON."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+_BOUND_MESSAGES = {
+    "minimum": "is less than the minimum of",
+    "maximum": "is greater than the maximum of",
+    "exclusiveMinimum": "is less than or equal to the minimum of",
+    "exclusiveMaximum": "is greater than or equal to the maximum of",
+}
+
+
 def _error_message(err: ValidationError) -> str:
-    """jsonschema's message, unless the failing (sub)schema carries this
-    project's ``errorMessage`` for the failing keyword (see the schema's $comment)."""
+    """jsonschema's message with the offending value quoted by :func:`_quote`
+    (never jsonschema's unbounded repr), unless the failing (sub)schema carries
+    this project's ``errorMessage`` for the failing keyword (see the schema's $comment)."""
     custom = err.schema.get("errorMessage") if isinstance(err.schema, Mapping) else None
     if isinstance(custom, Mapping) and isinstance(custom.get(err.validator), str):
         return custom[err.validator]
-    return err.message
+    keyword, expected, instance = err.validator, err.validator_value, err.instance
+    value = _quote(instance)
+    if keyword == "type":
+        types = [expected] if isinstance(expected, str) else list(expected)
+        return f"{value} is not of type {', '.join(_json_text(t) for t in types)}"
+    if keyword == "enum":
+        return f"{value} is not one of {_json_text(expected)}"
+    if keyword == "const":
+        return f"{_json_text(expected)} was expected"
+    if keyword in _BOUND_MESSAGES:
+        return f"{value} {_BOUND_MESSAGES[keyword]} {_json_text(expected)}"
+    if keyword == "required":
+        missing = err.message.removesuffix(" is a required property")
+        try:
+            missing = _json_text(ast.literal_eval(missing))
+        except (ValueError, SyntaxError):
+            pass
+        return f"{missing} is a required property"
+    if keyword == "additionalProperties" and isinstance(instance, Mapping) and isinstance(err.schema, Mapping):
+        extras = _unexpected_keys(instance, err.schema)
+        if extras:
+            shown = ", ".join(_quote(k) for k in extras[:5])
+            if len(extras) > 5:
+                shown += f" and {len(extras) - 5} more"
+            verb = "was" if len(extras) == 1 else "were"
+            return f"Additional properties are not allowed ({shown} {verb} unexpected)"
+    if keyword in ("minItems", "minLength"):
+        return f"{value} {'should be non-empty' if expected == 1 else 'is too short'}"
+    if keyword in ("maxItems", "maxLength"):
+        return f"{value} {'is expected to be empty' if expected == 0 else 'is too long'}"
+    if keyword == "uniqueItems":
+        return f"{value} has non-unique elements"
+    if keyword == "pattern":
+        return f"{value} does not match {_json_text(expected)}"
+    if keyword == "multipleOf":
+        return f"{value} is not a multiple of {_json_text(expected)}"
+    if keyword in ("anyOf", "oneOf"):
+        return f"{value} is not valid under any of the given schemas"
+    if keyword == "not":
+        return f"{value} should not be valid under {_cut(_json_text(expected))}"
+    # Any other keyword: swap jsonschema's leading repr of the value, and bound the rest.
+    message, leading = err.message, repr(instance) if _small(instance) else None
+    if leading is not None and message.startswith(leading):
+        message = value + message[len(leading):]
+    return _cut(message, 4 * QUOTE_LIMIT)
 
 
-def _sorted_problems(problems: Iterable[_Problem]) -> list[tuple[str, str]]:
+def _small(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, type(None))) or (isinstance(value, str) and len(value) < 10_000)
+
+
+def _unexpected_keys(instance: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
+    known = schema.get("properties", {})
+    patterns = list(schema.get("patternProperties", {}))
+    return sorted((k for k in instance
+                   if k not in known and not any(re.search(p, k) for p in patterns)), key=str)
+
+
+def _superseded(err: ValidationError) -> bool:
+    """Schema errors that a semantic check reports more precisely."""
+    return err.validator == "uniqueItems" and tuple(err.absolute_path) == ("extra_files",)
+
+
+def _sorted_problems(problems: Iterable[_Problem], *, limit: int | None = None) -> list[tuple[str, str]]:
+    """Unique problems sorted by path, paths written out; past ``limit``, one line counts the rest."""
     def key(problem: _Problem) -> tuple[Any, ...]:
         parts, message = problem
         return tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in parts), message
 
-    unique = dict.fromkeys((tuple(p), m) for p, m in problems)
-    return [(_json_path(parts), message) for parts, message in sorted(unique, key=key)]
+    unique = sorted(dict.fromkeys((tuple(p), m) for p, m in problems), key=key)
+    shown = unique if limit is None else unique[:limit]
+    listed = [(_json_path(parts), message) for parts, message in shown]
+    return listed + ([_more_line(len(unique) - len(shown))] if len(shown) < len(unique) else [])
+
+
+# ---- the document as JSON values (checked first, on any input) --------------
+
+
+def _document_problems(data: Any) -> list[_Problem]:
+    """Faults of the document as a whole, found without recursion: nesting
+    deeper than MAX_DEPTH (reported alone, at ``$``), numbers that are not
+    finite floats (``1e999`` parses to infinity; an integer beyond ±1.8e308 has
+    no float), and text that cannot be written as UTF-8 (lone surrogates, which
+    JSON escapes such as ``\\udc00`` can produce)."""
+    problems: list[_Problem] = []
+
+    def check(value: Any, parts: Callable[[], _PathParts]) -> None:
+        if isinstance(value, str):
+            bad = _not_utf8(value)
+            if bad:
+                problems.append((parts(), f"text {bad}"))
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append((parts(), f"{_quote(value)} is not a finite number (a JSON number beyond "
+                                      f"±1.8e308, such as 1e999, overflows to infinity)"))
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > _FLOAT_MAX:
+            problems.append((parts(), "number too large (beyond ±1.8e308 it has no floating-point value)"))
+
+    containers = (Mapping, list, tuple)
+    if not isinstance(data, containers):
+        check(data, tuple)
+        return problems
+    stack: list[tuple[Any, _PathParts]] = [(data, ())]
+    while stack:
+        value, parts = stack.pop()
+        if len(parts) >= MAX_DEPTH:
+            return [((), f"{_too_deep()}, e.g. under {_json_path(parts[:8])}…")]
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and (bad := _not_utf8(key)):
+                problems.append((parts, f"the key {_quote(key)} {bad}"))
+            if isinstance(item, containers):
+                stack.append((item, parts + (key,)))
+            else:
+                check(item, lambda: parts + (key,))  # noqa: B023 - called at once
+    return problems
+
+
+def _not_utf8(text: str) -> str | None:
+    """Why ``text`` cannot be written as UTF-8, or None when it can."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start].encode("utf-8", "backslashreplace").decode("ascii")
+        return (f"cannot be written as UTF-8: lone surrogate {char} at character {exc.start} "
+                f"(a \\u escape of half a surrogate pair)")
+    return None
 
 
 # ---- type-tolerant readers (semantic checks also run on invalid documents) --
@@ -356,6 +597,7 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[_Problem]:
     problems += _check_labels(data)
     problems += _check_decoder(data)
     problems += _check_resize(data)
+    problems += _check_files(data)
     return problems
 
 
@@ -367,19 +609,19 @@ def _check_framework(data: Mapping[str, Any]) -> list[_Problem]:
         known = _validator().schema["properties"]["framework"]["enum"]
         if framework not in known:
             return []  # the schema already says so
-        return [(("framework",), f"framework {framework!r} is not supported by this runner yet "
+        return [(("framework",), f"framework {_quote(framework)} is not supported by this runner yet "
                                  f"(supported: {', '.join(RUNNABLE_FRAMEWORKS)})")]
     runtime = _obj(data.get("runtime"))
     name = runtime.get("name", DEFAULT_RUNTIME.get(framework))
     problems: list[_Problem] = []
     if name in RUNTIME_FRAMEWORKS and framework not in RUNTIME_FRAMEWORKS[name]:
         able = [rt for rt, fws in RUNTIME_FRAMEWORKS.items() if framework in fws]
-        problems.append((("runtime", "name"), f"runtime {name!r} cannot run framework {framework!r} "
-                                              f"(use {' or '.join(repr(rt) for rt in able)})"))
+        problems.append((("runtime", "name"), f"runtime {_quote(name)} cannot run framework {_quote(framework)} "
+                                              f"(use {' or '.join(_quote(rt) for rt in able)})"))
     precision = runtime.get("precision")
     if name == "onnxruntime" and isinstance(precision, str) and precision != "f32":
-        problems.append((("runtime", "precision"), f"precision {precision!r} needs runtime 'openvino' "
-                                                   "(onnxruntime runs the weights as stored: use 'f32')"))
+        problems.append((("runtime", "precision"), f"precision {_quote(precision)} needs runtime \"openvino\" "
+                                                   "(onnxruntime runs the weights as stored: use \"f32\")"))
     return problems
 
 
@@ -418,7 +660,7 @@ def _duplicates(base: _PathParts, entries: Iterable[tuple[int, Any, Any, Any]], 
         if isinstance(name, str):
             if name in names:
                 first = _json_path(base + (names[name],))
-                problems.append((base + (pos,), f"duplicate {what} name {name!r} (already used by {first})"))
+                problems.append((base + (pos,), f"duplicate {what} name {_quote(name)} (already used by {first})"))
             names.setdefault(name, pos)
     return problems
 
@@ -434,7 +676,7 @@ def _check_attributes(base: _PathParts, label: Mapping[str, Any]) -> list[_Probl
         if name in seen:
             first = _json_path(base + ("attributes", seen[name]))
             problems.append((base + ("attributes", i),
-                             f"duplicate attribute name {name!r} (already used by {first})"))
+                             f"duplicate attribute name {_quote(name)} (already used by {first})"))
         seen.setdefault(name, i)
     return problems
 
@@ -461,7 +703,7 @@ def _check_decoder(data: Mapping[str, Any]) -> list[_Problem]:
         info = decoders.get(name)
     except KeyError:
         path = ("output", "decoder", "name") if explicit else ("output", "decoder")
-        return [(path, f"unknown decoder {name!r}; known: {', '.join(decoders.names())}")]
+        return [(path, f"unknown decoder {_quote(name)}; known: {', '.join(decoders.names())}")]
     validator = Draft7Validator(info.params_schema)
     return [(("output", "decoder") + tuple(err.absolute_path), _error_message(err))
             for err in validator.iter_errors(params)]
@@ -477,7 +719,7 @@ def _check_resize(data: Mapping[str, Any]) -> list[_Problem]:
     if resize.get("mode") in ("letterbox", "stretch") and isinstance(keep, bool) \
             and keep != (resize["mode"] == "letterbox"):
         problems.append((_RESIZE + ("keep_aspect_ratio",),
-                         f"keep_aspect_ratio {str(keep).lower()} contradicts mode {resize['mode']!r}"))
+                         f"keep_aspect_ratio {str(keep).lower()} contradicts mode {_quote(resize['mode'])}"))
     if mode == "none":
         return problems
 
@@ -489,7 +731,7 @@ def _check_resize(data: Mapping[str, Any]) -> list[_Problem]:
         if key not in resize and static is None:
             missing.append(key)
         elif given is not None and static is not None and given != static:
-            problems.append((_RESIZE + (key,), f"resize.{key} {given} does not match the {key} "
+            problems.append((_RESIZE + (key,), f"resize.{key} {_quote(given)} does not match the {key} "
                                                f"{static} of the static input.shape"))
     if missing:
         which = " and ".join(missing)
@@ -497,6 +739,47 @@ def _check_resize(data: Mapping[str, Any]) -> list[_Problem]:
                                   f"{'is' if len(missing) == 1 else 'are'} missing: set "
                                   f"{' and '.join('resize.' + k for k in missing)} or give a static "
                                   f"4-D input.shape"))
+    return problems
+
+
+def _check_files(data: Mapping[str, Any]) -> list[_Problem]:
+    """file_name and extra_files name each file once: no path twice, none
+    inside a folder that is listed too (the registry lists a folder's files,
+    so they would come twice). The schema checks each path's form."""
+    def plain(path: Any) -> bool:  # the schema reports any other form
+        return isinstance(path, str) and not any(s in ("", ".", "..") for s in path.split("/"))
+
+    entries: list[tuple[_PathParts, str]] = []
+    if plain(data.get("file_name")):
+        entries.append((("file_name",), data["file_name"]))
+    extras = data.get("extra_files")
+    entries += [(("extra_files", i), p) for i, p in enumerate(extras if isinstance(extras, list) else ())
+                if plain(p)]
+    problems: list[_Problem] = []
+    first: dict[str, _PathParts] = {}
+    for parts, path in entries:
+        if path not in first:
+            first[path] = parts
+        elif first[path] == ("file_name",):
+            problems.append((parts, "is the file_name already: leave it out of extra_files"))
+        else:
+            problems.append((parts, f"listed twice (also {_json_path(first[path])})"))
+    for parts, path in entries:
+        if first[path] != parts:
+            continue
+        segments = path.split("/")
+        for k in range(1, len(segments)):
+            folder = "/".join(segments[:k])
+            if folder not in first:
+                continue
+            where = first[folder]
+            if parts == ("file_name",):
+                problems.append((where, f"is the folder of file_name {_quote(path)}: list the other files "
+                                        f"in it instead (the folder would bring file_name twice)"))
+            else:
+                problems.append((parts, f"is inside {_quote(folder)} ({_json_path(where)}), which "
+                                        f"brings everything in that folder already"))
+            break
     return problems
 
 
@@ -583,13 +866,51 @@ def _build_output(data: Mapping[str, Any]) -> OutputSpec:
     choice = _decoder_choice(data)
     decoder = None
     if choice is not None:
-        decoder = DecoderSpec(name=choice[0], params=MappingProxyType(copy.deepcopy(choice[1])))
+        name, params = choice
+        params = _integers_as_int(copy.deepcopy(params), decoders.get(name).params_schema)
+        decoder = DecoderSpec(name=name, params=MappingProxyType(params))
     return OutputSpec(
         decoder=decoder,
         score_threshold=float(out.get("score_threshold", 0.5)),
         shape=_shape(out.get("shape")),
         format=out.get("format"),
     )
+
+
+def _integers_as_int(value: Any, schema: Any) -> Any:
+    """``value`` (valid under ``schema``) with every integral float that the
+    schema lets be an "integer" but not a "number" turned into an int.
+
+    JSON Schema counts 10.0 as an integer, so a decoder asking for an integer
+    may otherwise get a float (and fail on a slice). Follows ``properties``,
+    ``additionalProperties``, ``patternProperties`` and ``items`` (one schema or
+    one per position, then ``additionalItems``) into nested objects and arrays."""
+    if not isinstance(schema, Mapping):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        types = schema.get("type")
+        types = [types] if isinstance(types, str) else types if isinstance(types, list) else []
+        return int(value) if "integer" in types and "number" not in types else value
+    if isinstance(value, dict):
+        known = schema.get("properties", {})
+        patterns = schema.get("patternProperties", {})
+        for key, item in value.items():
+            subs = ([known[key]] if key in known else []) + [
+                sub for pattern, sub in patterns.items() if re.search(pattern, key)]
+            if not subs:
+                subs = [schema.get("additionalProperties")]
+            for sub in subs:
+                item = _integers_as_int(item, sub)
+            value[key] = item
+    elif isinstance(value, list):
+        items = schema.get("items")
+        for i, item in enumerate(value):
+            if isinstance(items, list):
+                sub = items[i] if i < len(items) else schema.get("additionalItems")
+            else:
+                sub = items
+            value[i] = _integers_as_int(item, sub)
+    return value
 
 
 def _build_label(item: Any, ident: int) -> Label:
