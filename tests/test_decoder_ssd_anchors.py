@@ -137,3 +137,13 @@ def test_nothing_over_threshold():
     reg, cls = blank()
     det = decode({"r": reg, "c": cls})
     assert len(det) == 0 and det.boxes.shape == (0, 4)
+
+
+def test_a_layout_far_larger_than_the_outputs_is_refused_before_it_is_built():
+    from common.decoders import DecodeContext, get
+    from common.errors import ModelConfigError
+
+    outputs = {"regressors": np.zeros((1, 896, 16), np.float32), "classificators": np.zeros((1, 896, 1), np.float32)}
+    params = {"strides": [1], "input_size_width": 16384, "input_size_height": 16384}
+    with pytest.raises(ModelConfigError, match=r"at least 268435456 anchors but the outputs have 896"):
+        get("ssd_anchors").decode(outputs, DecodeContext((128, 128), 0.5), params)

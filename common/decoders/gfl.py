@@ -39,8 +39,9 @@ PARAMS_SCHEMA: dict[str, Any] = {
     "properties": {
         "strides": {
             "type": "array",
-            "items": {"type": "integer", "minimum": 1},
+            "items": {"type": "integer", "minimum": 1, "maximum": 1024},
             "minItems": 1,
+            "maxItems": 16,
             "uniqueItems": True,
             "default": [8, 16, 32, 64],
             "description": "Feature-map strides of the head, one score map and one box map each. "
@@ -49,6 +50,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "reg_max": {
             "type": "integer",
             "minimum": 1,
+            "maximum": 256,
             "default": 7,
             "description": "Distance bins per side are 0..reg_max, so box maps have 4*(reg_max+1) "
                            "channels. Default 7 (32 channels).",

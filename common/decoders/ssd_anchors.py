@@ -66,8 +66,9 @@ PARAMS_SCHEMA: dict[str, Any] = {
         },
         "strides": {
             "type": "array",
-            "items": {"type": "integer", "minimum": 1},
+            "items": {"type": "integer", "minimum": 1, "maximum": 1024},
             "minItems": 1,
+            "maxItems": 16,
             "default": [8, 16, 16, 16],
             "description": "Stride of each layer; consecutive equal strides share one feature map. "
                            "Default [8, 16, 16, 16] (BlazeFace short range, 896 anchors at 128x128).",
@@ -76,11 +77,11 @@ PARAMS_SCHEMA: dict[str, Any] = {
                                         "0.1484375 (BlazeFace short range).", exclusiveMinimum=0),
         "max_scale": _number(0.75, "Anchor scale of the last layer. Default 0.75.", exclusiveMinimum=0),
         "input_size_width": {
-            "type": ["integer", "null"], "minimum": 1, "default": None,
+            "type": ["integer", "null"], "minimum": 1, "maximum": 16384, "default": None,
             "description": "Width the anchors are laid out for. Default null: the input tensor's width.",
         },
         "input_size_height": {
-            "type": ["integer", "null"], "minimum": 1, "default": None,
+            "type": ["integer", "null"], "minimum": 1, "maximum": 16384, "default": None,
             "description": "Height the anchors are laid out for. Default null: the input tensor's height.",
         },
         "anchor_offset_x": _number(0.5, "Anchor centre offset within a cell, in cells. Default 0.5.",
@@ -218,6 +219,18 @@ def _select(outputs: Mapping[str, np.ndarray], p: Mapping[str, Any]) -> tuple[np
     return regressors, classes
 
 
+@functools.lru_cache(maxsize=8)
+def _anchors(strides, anchor_hw, min_scale, max_scale, offset_x, offset_y, aspect_ratios, interpolated,
+             reduce_lowest, fixed_size) -> np.ndarray:
+    """generate_anchors, computed once per layout (they do not change between requests)."""
+    anchors = generate_anchors(strides, anchor_hw, min_scale=min_scale, max_scale=max_scale,
+                               anchor_offset_x=offset_x, anchor_offset_y=offset_y, aspect_ratios=aspect_ratios,
+                               interpolated_scale_aspect_ratio=interpolated,
+                               reduce_boxes_in_lowest_layer=reduce_lowest, fixed_anchor_size=fixed_size)
+    anchors.setflags(write=False)
+    return anchors
+
+
 @register("ssd_anchors", PARAMS_SCHEMA)
 def decode(outputs: Mapping[str, np.ndarray], ctx: DecodeContext, params: Mapping[str, Any]) -> Detections:
     p = {**_DEFAULTS, **params}
@@ -225,16 +238,18 @@ def decode(outputs: Mapping[str, np.ndarray], ctx: DecodeContext, params: Mappin
     if p["num_layers"] is not None and p["num_layers"] != len(strides):
         raise _fail(f"num_layers {p['num_layers']} but {len(strides)} strides", "num_layers")
     anchor_hw = (p["input_size_height"] or ctx.input_hw[0], p["input_size_width"] or ctx.input_hw[1])
-    anchors = generate_anchors(
-        strides, anchor_hw, min_scale=float(p["min_scale"]), max_scale=float(p["max_scale"]),
-        anchor_offset_x=float(p["anchor_offset_x"]), anchor_offset_y=float(p["anchor_offset_y"]),
-        aspect_ratios=tuple(float(a) for a in p["aspect_ratios"]),
-        interpolated_scale_aspect_ratio=float(p["interpolated_scale_aspect_ratio"]),
-        reduce_boxes_in_lowest_layer=bool(p["reduce_boxes_in_lowest_layer"]),
-        fixed_anchor_size=bool(p["fixed_anchor_size"]))
-
     regressors, logits = _select(outputs, p)
     regressors = regressors.reshape(-1, regressors.shape[-1]) if regressors.ndim < 3 else regressors[0]
+    # At least one anchor per feature-map cell: refuse a layout far larger than
+    # the outputs before building it (a wrong stride could ask for billions).
+    cells = sum(-(-anchor_hw[0] // s) * -(-anchor_hw[1] // s) for s in strides)
+    if cells > regressors.shape[0]:
+        raise _fail(f"the strides give at least {cells} anchors but the outputs have "
+                    f"{regressors.shape[0]} regressor rows", "strides")
+    anchors = _anchors(strides, anchor_hw, float(p["min_scale"]), float(p["max_scale"]),
+                       float(p["anchor_offset_x"]), float(p["anchor_offset_y"]),
+                       tuple(float(a) for a in p["aspect_ratios"]), float(p["interpolated_scale_aspect_ratio"]),
+                       bool(p["reduce_boxes_in_lowest_layer"]), bool(p["fixed_anchor_size"]))
     logits = logits[0] if logits.ndim >= 3 else logits.reshape(anchors.shape[0], -1)
     if regressors.shape[0] != anchors.shape[0] or logits.shape[0] != anchors.shape[0]:
         raise _fail(f"{anchors.shape[0]} anchors from the parameters but the outputs have "
