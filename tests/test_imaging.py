@@ -1,10 +1,12 @@
-"""decode_image: transports (raw / base64 / data URL), modes, EXIF orientation, errors, pixel limit."""
+"""decode_image: transports (raw / base64 / data URL), formats, modes, EXIF orientation, errors, pixel limit,
+memory."""
 
 from __future__ import annotations
 
 import base64
 import io
 import struct
+import tracemalloc
 import warnings
 import zlib
 
@@ -12,8 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common import imaging
 from common.errors import InvalidImage
-from common.imaging import decode_image, encode_png, max_image_pixels
+from common.imaging import (
+    ACCEPTED_FORMATS,
+    decode_image,
+    decode_image_for,
+    encode_png,
+    max_image_pixels,
+)
 
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
@@ -35,6 +44,8 @@ def _check(arr: np.ndarray, h: int, w: int) -> None:
 def _warnings_are_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        # as in production: common.imaging silences it (it refuses those images itself)
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         yield
 
 
@@ -261,6 +272,66 @@ def test_orientation_1_unchanged():
     np.testing.assert_array_equal(decode_image(_with_orientation("PNG", 1)), _quadrants())
 
 
+def _tiff_ifd(entries: list[tuple[int, int, int, bytes]], tail: bytes = b"") -> bytes:
+    """A little-endian TIFF header + one IFD of (tag, type, count, 4-byte value) entries."""
+    body = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        body += struct.pack("<HHI", tag, kind, count) + value
+    return body + struct.pack("<I", 0) + tail
+
+
+# Orientation 6 stored as text and as a fraction: OpenCV ignores both, so must we.
+ODD_ORIENTATIONS = {
+    "ascii '6'": _tiff_ifd([(0x0112, 2, 2, b"6\x00\x00\x00")]),
+    "rational 6/1": _tiff_ifd([(0x0112, 5, 1, struct.pack("<I", 26))], struct.pack("<II", 6, 1)),
+}
+
+
+def _jpeg_with_app1(pixels: np.ndarray, tiff: bytes) -> bytes:
+    data = _save(Image.fromarray(pixels), "JPEG", quality=95, subsampling=0)
+    app1 = b"Exif\x00\x00" + tiff
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
+
+
+def _stripes() -> np.ndarray:
+    """64 wide x 16 high: left half red, right half blue, a white block top-right."""
+    a = np.zeros((16, 64, 3), np.uint8)
+    a[:, :32], a[:, 32:], a[:8, 48:] = RED, BLUE, WHITE
+    return a
+
+
+@pytest.mark.parametrize("needed", [None, lambda w, h: (w // 2, h // 2)], ids=["full", "reduced"])
+@pytest.mark.parametrize("kind", sorted(ODD_ORIENTATIONS))
+def test_jpeg_orientation_that_is_not_an_integer_is_ignored(kind, needed):
+    data = _jpeg_with_app1(_stripes(), ODD_ORIENTATIONS[kind])
+    assert Image.open(io.BytesIO(data)).getexif().get(0x0112) in ("6", 6)  # what Pillow reads: a str or an IFDRational
+    pixels, full = decode_image_for(data, needed)
+    assert full == (64, 16)
+    scale = 1 if needed is None else 2
+    assert pixels.shape == (16 // scale, 64 // scale, 3)
+    probes = {(12 // scale, 8 // scale): RED, (12 // scale, 40 // scale): BLUE, (2 // scale, 60 // scale): WHITE}
+    for (y, x), colour in probes.items():
+        assert np.abs(pixels[y, x].astype(int) - colour).max() <= 12, (y, x, pixels[y, x], colour)
+
+
+@pytest.mark.parametrize("kind", sorted(ODD_ORIENTATIONS))
+def test_png_orientation_that_is_not_an_integer_is_ignored(kind):
+    data = _save(Image.fromarray(_stripes()), exif=ODD_ORIENTATIONS[kind])
+    assert Image.open(io.BytesIO(data)).getexif().get(0x0112) in ("6", 6)
+    pixels, full = decode_image_for(data)
+    assert full == (64, 16)
+    np.testing.assert_array_equal(pixels, _stripes())
+
+
+@pytest.mark.parametrize("needed", [None, lambda w, h: (w // 2, h // 2)], ids=["full", "reduced"])
+def test_jpeg_full_size_follows_the_pixels_when_orientations_disagree(needed, monkeypatch):
+    """Whatever the EXIF parsers think, the size returned is the decoded array's orientation."""
+    monkeypatch.setattr(imaging, "_orientation", lambda img: 6)  # Pillow says "rotate", OpenCV does not
+    pixels, full = decode_image_for(_save(Image.fromarray(_stripes()), "JPEG", quality=95), needed)
+    assert full == (64, 16)
+    assert pixels.shape[:2] == ((16, 64) if needed is None else (8, 32))
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -296,6 +367,30 @@ def test_garbage_base64_text():
         decode_image("bild\u00e4")
 
 
+def _messages_of_bad_inputs() -> dict[str, object]:
+    tiff = _save(Image.fromarray(RGB), "TIFF")
+    return {
+        "long type name": type("X" * 5000, (), {})(),
+        "non-ascii text": "\u00e4" * 100_000,
+        "non-base64 text": "!" * 100_000,
+        "bad base64": "A" * 99_999 + "!",
+        "garbage bytes": b"\x00\xff" * 100_000,
+        "long data URL header": "data:" + "x" * 100_000 + ",AAAA",
+        "broken TIFF": tiff[:8] + b"\xff" * 200 + tiff[208:],
+        "ICO": _ico_with_png(16, 32),
+        "huge PNG": _png_claiming(2**31 - 1, 2**31 - 1),
+        "truncated JPEG": _save(Image.fromarray(RGB), "JPEG")[:200],
+    }
+
+
+@pytest.mark.parametrize("name", ["long type name", "non-ascii text", "non-base64 text", "bad base64", "garbage bytes",
+                                  "long data URL header", "broken TIFF", "ICO", "huge PNG", "truncated JPEG"])
+def test_every_failure_is_a_short_invalid_image(name):
+    with pytest.raises(InvalidImage) as info:
+        decode_image(_messages_of_bad_inputs()[name])
+    assert 0 < len(str(info.value)) < 200, str(info.value)[:300]
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated_image(fmt):
     data = _save(Image.fromarray(RNG.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)), fmt)
@@ -318,8 +413,17 @@ def test_pixel_limit_env(monkeypatch):
     monkeypatch.setenv("RUNNER_MAX_IMAGE_PIXELS", "lots")
     with pytest.raises(ValueError, match="RUNNER_MAX_IMAGE_PIXELS"):
         max_image_pixels()
+    for bad in ("0", "-5", "1e6", "2GiB"):
+        monkeypatch.setenv("RUNNER_MAX_IMAGE_PIXELS", bad)
+        with pytest.raises(ValueError, match="RUNNER_MAX_IMAGE_PIXELS must be a positive integer"):
+            max_image_pixels()
     monkeypatch.delenv("RUNNER_MAX_IMAGE_PIXELS")
-    assert max_image_pixels() == 2**28
+    assert max_image_pixels() == 2**26
+
+
+def test_default_limit_is_8192_squared_and_pillow_guard_is_on():
+    assert imaging.DEFAULT_MAX_IMAGE_PIXELS == 2**26 == 8192 * 8192
+    assert Image.MAX_IMAGE_PIXELS == max_image_pixels()  # Pillow's own check, at our limit
 
 
 def _png_claiming(width: int, height: int) -> bytes:
@@ -333,8 +437,142 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 
 def test_decompression_bomb_rejected_before_decoding():
-    with pytest.raises(InvalidImage, match="70000x70000 = 4900000000 pixels, more than the limit of 268435456"):
+    with pytest.raises(InvalidImage, match="4900000000 pixels, more than the limit of 67108864 pixels") as info:
         decode_image(_png_claiming(70000, 70000))
+    assert len(str(info.value)) < 200
+
+
+def test_header_just_over_the_default_limit():
+    with pytest.raises(InvalidImage, match="8193x8192 = 67117056 pixels, more than the limit of 67108864"):
+        decode_image(_png_claiming(8193, 8192))
+
+
+def test_pillow_guard_follows_the_per_call_limit():
+    # Over twice the limit: refused by Pillow inside Image.open, reported as ours.
+    with pytest.raises(InvalidImage, match="10000 pixels, more than the limit of 1000 pixels"):
+        decode_image(_png_claiming(100, 100), max_pixels=1000)
+    assert Image.MAX_IMAGE_PIXELS == max_image_pixels()  # restored after the call
+
+
+def test_pillow_bomb_warning_raised_as_error_is_invalid_image():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no exception for Pillow's warning: it surfaces from Image.open
+        with pytest.raises(InvalidImage, match="110 pixels, more than the limit of 109 pixels"):
+            decode_image(encode_png(np.zeros((10, 11, 3), np.uint8)), max_pixels=109)
+
+
+# ---------------------------------------------------------------- formats
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _grey_png(side: int) -> bytes:
+    rows = b"".join(b"\0" + b"\x80" * side for _ in range(side))
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b""))
+
+
+def _ico_with_png(declared: int, side: int) -> bytes:
+    """An ICO whose directory says declared x declared and whose PNG is side x side."""
+    png = _grey_png(side)
+    return (struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", declared, declared, 0, 0, 1, 32, len(png), 22)
+            + png)
+
+
+def _icns_with_png(side: int) -> bytes:
+    """An ICNS whose 512x512 ('ic09') entry holds a side x side PNG."""
+    png = _grey_png(side)
+    entry = b"ic09" + struct.pack(">I", 8 + len(png)) + png
+    return b"icns" + struct.pack(">I", 8 + len(entry)) + entry
+
+
+@pytest.mark.parametrize("data", [_ico_with_png(16, 96), _icns_with_png(96)], ids=["ICO", "ICNS"])
+def test_icon_formats_are_refused_before_decoding(data):
+    # Both hide a picture bigger than they declare (the pixel limit saw only 16x16 / 512x512).
+    with pytest.raises(InvalidImage, match=r"not an image in a known format \(accepted: JPEG, PNG, BMP, TIFF") as info:
+        decode_image(data, max_pixels=50 * 50)
+    assert len(str(info.value)) < 200
+
+
+def test_accepted_formats():
+    Image.init()
+    assert set(ACCEPTED_FORMATS) <= set(Image.OPEN)
+    assert not {"ICO", "ICNS", "EPS", "PSD", "CUR", "DCX", "FITS", "WMF", "XPM"} & set(ACCEPTED_FORMATS)
+
+
+@pytest.mark.parametrize("fmt, kw", [("PNG", {}), ("BMP", {}), ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"}),
+                                     ("WEBP", {"lossless": True}), ("GIF", {}), ("PPM", {})],
+                         ids=["PNG", "BMP", "TIFF", "TIFF-LZW", "WEBP", "GIF", "PPM"])
+def test_each_accepted_format_decodes(fmt, kw):
+    img = _palette_image() if fmt == "GIF" else Image.fromarray(RGB)
+    expected = np.asarray(img.convert("RGB"))
+    np.testing.assert_array_equal(decode_image(_save(img, fmt, **kw)), expected)
+
+
+def test_mpo_decodes_its_first_picture():
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, "MPO", save_all=True,
+                                                   append_images=[Image.new("RGB", (40, 30), (200, 0, 0))])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    out = decode_image(buf.getvalue())
+    _check(out, 30, 40)
+    assert np.abs(out[15, 20].astype(int) - (10, 200, 30)).max() < 8
+
+
+# ---------------------------------------------------------------- memory
+
+
+def _mode_image(mode: str, side: int) -> bytes:
+    rng = np.random.default_rng(3)
+    if mode == "RGB":
+        return _save(Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)))
+    if mode in ("RGBA", "LA"):
+        img = Image.fromarray(rng.integers(0, 256, (side, side, 4), dtype=np.uint8), "RGBA")
+        return _save(img if mode == "RGBA" else img.convert("LA"))
+    if mode == "P":
+        img = Image.fromarray(rng.integers(0, 64, (side, side), dtype=np.uint8), "P")
+        img.putpalette(rng.integers(0, 256, 64 * 3, dtype=np.uint8).tobytes())
+        return _save(img, transparency=3)
+    if mode == "I;16":
+        return _save(Image.fromarray(rng.integers(0, 65536, (side, side), dtype=np.uint16)))
+    if mode == "I":
+        return _save(Image.fromarray(rng.integers(-1000, 100000, (side, side), dtype=np.int32)), "TIFF")
+    values = rng.normal(0, 1000, (side, side)).astype(np.float32)
+    values[0, :3] = np.nan, np.inf, -np.inf
+    return _save(Image.fromarray(values), "TIFF")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P", "I;16", "I", "F"])
+def test_conversion_makes_no_full_size_copy(mode, monkeypatch):
+    """Python-side memory (numpy, bytes) while decoding: the result plus strip-sized temporaries.
+
+    The former conversions held float64 or ``tobytes`` copies of the whole picture (2x-4x the result).
+    """
+    monkeypatch.setattr(imaging, "_STRIP_PIXELS", 4096)
+    data = _mode_image(mode, 512)
+    assert Image.open(io.BytesIO(data)).mode == mode
+    expected = decode_image(data)  # also warms up the plugins
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out = decode_image(data)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(out, expected)
+    assert peak < out.nbytes * 1.25, (peak, out.nbytes)  # the file's read buffer (64 KiB) counts too
+
+
+def test_float_conversion_matches_the_float64_reference():
+    values = np.random.default_rng(5).normal(100, 3000, (64, 96)).astype(np.float32)
+    values[3, 4] = np.nan
+    ref = np.nan_to_num(values.astype(np.float64), nan=0.0)
+    ref = np.clip(np.rint(ref * (255.0 / ref.max())), 0, 255).astype(np.uint8)
+    out = decode_image(_save(Image.fromarray(values), "TIFF"))[:, :, 0]
+    assert np.abs(out.astype(int) - ref).max() <= 1
+    assert (out != ref).mean() < 0.001
 
 
 # -- decoding no more pixels than the model needs --------------------------------
