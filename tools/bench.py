@@ -108,7 +108,7 @@ def measure(model_name: str, registry: Path, cache: Path, repeat: int) -> dict[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--out", type=Path, default=REPO / ".demo")
     parser.add_argument("--model", help="measure this model only and print its figures as JSON (internal)")
     args = parser.parse_args()

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from common.decoders import DecodeContext, Detections, param_defaults, register
-from common.decoders.nms import nms
+from common.decoders.nms import nms, nms_params
 from common.errors import ModelConfigError
 
 log = logging.getLogger(__name__)
@@ -83,26 +83,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
             "description": "Only the best this-many cells of each stride (by best class score) are "
                            "considered. Default 1000 (PaddleDetection's nms_top_k).",
         },
-        "iou_threshold": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "default": 0.5,
-            "description": "NMS IoU threshold. Default 0.5 (rapid-layout's iou_thres).",
-        },
-        "class_agnostic": {
-            "type": "boolean",
-            "default": False,
-            "description": "True: boxes of different classes suppress each other. Default false "
-                           "(NMS per class).",
-        },
-        "max_detections": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 100,
-            "description": "At most this many detections are returned (best first). Default 100 "
-                           "(PaddleDetection's keep_top_k).",
-        },
+        **nms_params(0.5, 100, source="rapid-layout's iou_thres, PaddleDetection's keep_top_k"),
     },
 }
 

@@ -144,3 +144,26 @@ def weighted_nms(boxes, scores, iou_threshold: float, class_ids=None, class_agno
         keep.append(int(best))
         order = order[~overlap]
     return np.asarray(keep, np.int64), np.asarray(merged, np.float64).reshape(-1, 4)
+
+
+def nms_params(iou_threshold: float, max_detections: int, *, source: str = "") -> dict:
+    """The JSON Schema properties every NMS-running decoder takes
+    (iou_threshold, class_agnostic, max_detections), with its defaults;
+    ``source`` says where a default comes from, e.g. "rapid-layout's"."""
+    origin = f" ({source})" if source else ""
+    return {
+        "iou_threshold": {
+            "type": "number", "minimum": 0, "maximum": 1, "default": iou_threshold,
+            "description": "NMS IoU threshold: a box overlapping a better one by more than this is "
+                           f"dropped. Default {iou_threshold}{origin}.",
+        },
+        "class_agnostic": {
+            "type": "boolean", "default": False,
+            "description": "True: boxes of different classes suppress each other. Default false "
+                           "(NMS per class).",
+        },
+        "max_detections": {
+            "type": "integer", "minimum": 1, "maximum": 100000, "default": max_detections,
+            "description": f"At most this many detections are returned (best first). Default {max_detections}.",
+        },
+    }

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from common.decoders import DecodeContext, Detections, output_named, param_defaults, register
-from common.decoders.nms import nms, weighted_nms
+from common.decoders.nms import nms, nms_params, weighted_nms
 from common.errors import ModelConfigError
 
 log = logging.getLogger(__name__)
@@ -131,21 +131,12 @@ PARAMS_SCHEMA: dict[str, Any] = {
         },
         "score_clip": _number(100.0, "Logits are clipped to +-score_clip before the sigmoid. Default 100.",
                               exclusiveMinimum=0),
-        "iou_threshold": _number(0.3, "NMS IoU threshold. Default 0.3 (MediaPipe face detection).",
-                                 minimum=0, maximum=1),
         "weighted_nms": {
             "type": "boolean", "default": False,
             "description": "True: MediaPipe's WEIGHTED suppression (each kept box is the score-weighted "
                            "mean of its group). Default false: plain greedy NMS.",
         },
-        "class_agnostic": {
-            "type": "boolean", "default": False,
-            "description": "True: boxes of different classes suppress each other. Default false.",
-        },
-        "max_detections": {
-            "type": "integer", "minimum": 1, "default": 100,
-            "description": "At most this many detections are returned (best first). Default 100.",
-        },
+        **nms_params(0.3, 100, source="MediaPipe face detection"),
     },
 }
 

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from common.decoders import DecodeContext, Detections, output_named, param_defaults, register
-from common.decoders.nms import nms
+from common.decoders.nms import nms, nms_params
 from common.errors import ModelConfigError
 
 log = logging.getLogger(__name__)
@@ -81,26 +81,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
             "description": "Row format with nms_in_graph: 'xyxy_score_class' [1, K, 6] (default; "
                            "YOLOv8/v10 end-to-end) or 'batch_xyxy_class_score' [K, 7] (yolov7 NMS export).",
         },
-        "iou_threshold": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "default": 0.45,
-            "description": "NMS IoU threshold: a box overlapping a better one by more than this is "
-                           "dropped. Default 0.45.",
-        },
-        "class_agnostic": {
-            "type": "boolean",
-            "default": False,
-            "description": "True: boxes of different classes suppress each other. Default false "
-                           "(NMS per class).",
-        },
-        "max_detections": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 300,
-            "description": "At most this many detections are returned (best first). Default 300.",
-        },
+        **nms_params(0.45, 300),
     },
 }
 
