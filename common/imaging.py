@@ -347,6 +347,13 @@ def decode_image_for(data: bytes | str, needed: Callable[[int, int], tuple[int, 
                 raise InvalidImage(f"the image has no pixels ({width}x{height})")
             if width * height > limit:
                 raise _too_large(limit, f"{width}x{height} = {width * height}")
+            if img.format == "TIFF":
+                # libtiff allocates a whole tile (or strip) whatever the picture's
+                # size: a 64x64 TIFF may declare one 26720x26720 tile.
+                tag = img.tag_v2
+                block_w, block_h = tag.get(322, width), tag.get(323, tag.get(278, height))
+                if isinstance(block_w, int) and isinstance(block_h, int) and block_w * block_h > limit:
+                    raise _too_large(limit, f"a TIFF tile or strip of {block_w}x{block_h} = {block_w * block_h}")
             if img.format == "JPEG" and img.mode in ("RGB", "L"):
                 decoded = _decode_jpeg_for(raw, width, height, _orientation(img), needed)
                 if decoded is not None:

@@ -620,3 +620,19 @@ def test_no_reduction_when_the_model_needs_more_pixels_or_the_format_cannot():
     Image.new("RGB", (1920, 1080)).save(png, format="PNG")
     pixels, full = decode_image_for(png.getvalue(), lambda w, h: (100, 60))
     assert (full, pixels.shape) == ((1920, 1080), (1080, 1920, 3))
+
+
+def _tiled_tiff(width: int, height: int, tile: int) -> bytes:
+    """A minimal little-endian grey TIFF with one tile of tile x tile declared (data left short)."""
+    entries = [(256, 3, width), (257, 3, height), (258, 3, 8), (259, 3, 8), (262, 3, 1), (277, 3, 1),
+               (322, 4, tile), (323, 4, tile), (324, 4, 8 + 2 + 12 * 10 + 4), (325, 4, 16)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", tag, kind, 1, value) if kind == 4 else struct.pack("<HHIHH", tag, kind, 1, value, 0)
+        for tag, kind, value in entries) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + zlib.compress(b"\x00" * 64)[:16]
+
+
+def test_a_tiff_declaring_a_huge_tile_is_refused_before_decoding():
+    # 64x64 pixels, but libtiff would allocate the whole declared tile first.
+    with pytest.raises(InvalidImage, match="TIFF tile or strip of 4096x4096"):
+        decode_image(_tiled_tiff(64, 64, 4096), max_pixels=1_000_000)
