@@ -122,3 +122,24 @@ def test_an_unreadable_entry_is_reported_and_the_rest_still_listed(tmp_path):
     listing = LocalRegistry(tmp_path).list_models()
     assert [m.folder for m in listing.models] == ["good"]
     assert [e.folder for e in listing.errors] == ["deep"]
+
+
+def test_a_linked_version_folder_cannot_reach_outside_the_registry(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "model.onnx").write_bytes(b"secret")
+    root = tmp_path / "registry"
+    write_model(root, "m", manifest("m", "1.0.0"), {"model.onnx": b"w"})
+    (root / "m" / "previous_versions").mkdir()
+    (root / "m" / "previous_versions" / "v0.0.1").symlink_to(outside)
+    with pytest.raises(RegistryError, match="points outside"):
+        LocalRegistry(root).resolve("m", "0.0.1")
+
+
+def test_an_oversized_model_json_is_refused_unread(tmp_path):
+    write_model(tmp_path, "big", {}, {}).joinpath("model.json").write_text('{"x": "' + "a" * (2 << 20) + '"}')
+    write_model(tmp_path, "good", manifest("good"), {"model.onnx": b"w"})
+    listing = LocalRegistry(tmp_path).list_models()
+    assert [m.folder for m in listing.models] == ["good"]
+    assert listing.errors[0].error == ("big/model.json: $: larger than 1048576 bytes; "
+                                       "keep model.json to metadata")

@@ -23,6 +23,7 @@ from common.registry import EntryError, Listing, ModelRecord, Registry, RemoteFi
 log = logging.getLogger(__name__)
 
 MODEL_JSON = "model.json"
+MAX_MODEL_JSON_BYTES = 1 << 20  # the same bound the cache puts on a snapshot's model.json
 PREVIOUS = "previous_versions"
 _VERSION_DIR = re.compile(r"^v?(\d+\.\d+\.\d+)$")
 
@@ -87,7 +88,7 @@ class LocalRegistry(Registry):
             return direct
         for folder in self._folders():
             try:
-                if json.loads((folder / MODEL_JSON).read_text()).get("name") == name:
+                if json.loads(self._read_model_json(folder / MODEL_JSON, folder.name)).get("name") == name:
                     return folder
             except Exception:  # unreadable or malformed: list_models reports those
                 continue
@@ -100,8 +101,7 @@ class LocalRegistry(Registry):
             return []
         return sorted(p for p in prev.iterdir() if p.is_dir() and _VERSION_DIR.match(p.name))
 
-    @staticmethod
-    def _manifest(vdir: Path, fallback: ModelManifest | None = None) -> ModelManifest:
+    def _manifest(self, vdir: Path, fallback: ModelManifest | None = None) -> ModelManifest:
         path = vdir / MODEL_JSON
         source = f"{vdir.name}/{MODEL_JSON}"
         if not path.is_file():
@@ -111,7 +111,19 @@ class LocalRegistry(Registry):
             data = dict(fallback.raw)
             data["version"] = _VERSION_DIR.match(vdir.name).group(1)
             return parse_manifest(data, source=source)
-        return load_manifest(path.read_bytes(), source=source)
+        return load_manifest(self._read_model_json(path, source), source=source)
+
+    def _read_model_json(self, path: Path, source: str) -> bytes:
+        self._check_inside(path, MODEL_JSON)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_MODEL_JSON_BYTES + 1)
+        except OSError as exc:
+            raise RegistryError(f"{source}: cannot read model.json ({exc.strerror or exc})") from None
+        if len(data) > MAX_MODEL_JSON_BYTES:
+            raise ModelConfigError(f"larger than {MAX_MODEL_JSON_BYTES} bytes; keep model.json to metadata",
+                                   source=source)
+        return data
 
     def _record(self, folder: Path, vdir: Path, *, current: bool,
                 fallback: ModelManifest | None = None) -> ModelRecord:
@@ -120,7 +132,7 @@ class LocalRegistry(Registry):
         for extra in manifest.extra_files:
             path = vdir / extra
             if path.is_dir():
-                _check_inside(vdir, path, extra)
+                self._check_inside(path, extra)
                 # os.walk does not follow links to folders; links to files are checked one by one.
                 found = [Path(top) / name for top, _, names in os.walk(path) for name in names]
                 files.extend(self._describe(vdir, p.relative_to(vdir).as_posix()) for p in sorted(found))
@@ -128,13 +140,22 @@ class LocalRegistry(Registry):
                 files.append(self._describe(vdir, extra))
         return ModelRecord(folder=folder.name, manifest=manifest, files=tuple(files), current=current)
 
+    def _check_inside(self, path: Path, rel: str) -> None:
+        """Refuse a file or folder that resolves outside the registry (a link to
+        /etc/... must not be hashed, copied into the shared cache and served),
+        whether the link is the file, a folder above it or a version folder."""
+        try:
+            path.resolve(strict=True).relative_to(self.root.resolve(strict=True))
+        except (ValueError, OSError):
+            raise RegistryError(f"Model file {rel} points outside the model folder") from None
+
     def _describe(self, vdir: Path, rel: str) -> RemoteFile:
         path = vdir / rel
         if path.is_dir():
             raise RegistryError(f"Model file {rel} is a folder, not a file")
         if not path.is_file():
             raise RegistryError(f"Model file {rel} not found")
-        _check_inside(vdir, path, rel)
+        self._check_inside(path, rel)
         st = path.stat()
         key = (str(path), st.st_size, st.st_mtime_ns)
         digest = self._hashes.get(key)
@@ -146,11 +167,3 @@ class LocalRegistry(Registry):
             digest = self._hashes[key] = h.hexdigest()
         return RemoteFile(path=rel, size=st.st_size, locator=str(path), sha256=digest)
 
-
-def _check_inside(vdir: Path, path: Path, rel: str) -> None:
-    """Refuse a file or folder that resolves outside its version folder (a link
-    to /etc/... must not be hashed, copied into the shared cache and served)."""
-    try:
-        path.resolve(strict=True).relative_to(vdir.resolve(strict=True))
-    except (ValueError, OSError):
-        raise RegistryError(f"Model file {rel} points outside the model folder") from None
