@@ -77,6 +77,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "unclip_ratio": {
             "type": "number",
             "exclusiveMinimum": 0,
+            "maximum": 10,
             "default": 1.5,
             "description": "Growth of each region: it is offset outwards by area * unclip_ratio / "
                            "perimeter. Default 1.5 (PaddleOCR; RapidOCR uses 1.6).",
@@ -91,6 +92,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "max_candidates": {
             "type": "integer",
             "minimum": 1,
+            "maximum": 100000,
             "default": 1000,
             "description": "At most this many contours are examined. Default 1000.",
         },
@@ -111,6 +113,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "label_id": {
             "type": "integer",
             "minimum": 0,
+            "maximum": 10000000,
             "default": 0,
             "description": "Class id given to every detection (the model has one class). Default 0.",
         },
@@ -207,7 +210,8 @@ def decode(outputs: Mapping[str, np.ndarray], ctx: DecodeContext, params: Mappin
         score = _mean_inside(prob, points if p["score_mode"] == "slow" else shape)
         if score < ctx.score_threshold or perimeter <= 0:
             continue
-        distance = area * p["unclip_ratio"] / perimeter
+        # Never grow past the map itself: the shape is clipped to it anyway.
+        distance = min(area * p["unclip_ratio"] / perimeter, float(max(prob.shape)))
         if p["polygon_mode"] == "quad":
             grown = ((cx, cy), (rw + 2 * distance, rh + 2 * distance), angle)
             if min(grown[1]) < min_size + 2:
