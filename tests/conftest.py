@@ -10,6 +10,9 @@ import pytest
 from tools.demo import RUNNER_DIR, build_registry
 from tools.nuclio_harness import Worker
 
+# `drive` (a Drive v3 stand-in on loopback) and `drive_service` (the real client pointed at it).
+pytest_plugins = ("tests.drive_standin.fixtures",)
+
 
 @pytest.fixture(scope="session")
 def demo_registry(tmp_path_factory) -> Path:
