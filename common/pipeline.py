@@ -113,9 +113,19 @@ class DetectorPipeline:
         detections = self.decode(outputs, (int(hw[0]), int(hw[1])), threshold)
         height, width = image.shape[:2]
         if full_size is not None and full_size != (width, height):
-            transform = transform.then_scale(full_size[0] / width, full_size[1] / height)
+            transform = transform.then_scale(_reduction(full_size[0], width), _reduction(full_size[1], height))
             width, height = full_size
         return to_cvat(detections, transform, (height, width), self.labels)
+
+
+def _reduction(full: int, decoded: int) -> float:
+    """The scale between a picture and its reduced decode. A JPEG decoded at
+    1/f has ceil(full / f) pixels, each covering exactly f source pixels (the
+    last one fewer), so the factor is f, not full / decoded."""
+    for f in (2, 4, 8):
+        if -(-full // f) == decoded:
+            return float(f)
+    return full / decoded
 
 
 def to_cvat(dets: Detections, transform: Transform, image_hw: tuple[int, int], labels: dict) -> list[dict[str, Any]]:

@@ -219,3 +219,15 @@ def test_a_large_jpeg_decoded_at_reduced_scale_maps_back_to_full_size(tmp_path, 
                                                                   "JPEG")})).json()
     # 1/2 DCT scale (1888x786): the edges come back to the full picture within a pixel.
     np.testing.assert_allclose(shape["points"], [0, 0, 3775, 1571], atol=1.0)
+
+
+def test_reduced_jpeg_coordinates_use_the_exact_dct_factor(tmp_path):
+    # 1001 px wide at 1/8 is 126 px; pixel 119 starts at source column 952, not 945.4 (1001/126).
+    from common.pipeline import _reduction
+
+    assert _reduction(1001, 126) == 8.0 and _reduction(1920, 960) == 2.0 and _reduction(600, 128) == 600 / 128
+    manifest = detector_manifest("content", labels=("thing",), hw=(64, 64))
+    worker = start(tmp_path, "content", manifest, sm.content_box_detector(64, 64, PAD / 255.0))
+    [shape] = worker.invoke(http_event({"image": png_b64(Image.new("RGB", (1001, 1001), (255, 255, 255)),
+                                                                  "JPEG")})).json()
+    np.testing.assert_allclose(shape["points"], [0, 0, 1001, 1001], atol=1.0)
