@@ -6,13 +6,26 @@ published function's spec):
 =====================  ==================================================  ======================
 variable               meaning                                             default
 =====================  ==================================================  ======================
-``MODEL_REGISTRY``     ``local:<folder>`` or a folder path                  ``local:/opt/registry``
+``MODEL_REGISTRY``     ``local:<folder>``, a folder path,                   ``local:/opt/registry``
+                       ``gdrive:<root folder name>`` (empty: CVAT_Models)
+                       or ``gdrive-id:<Drive folder id>``
 ``MODEL_NAME``         the model's folder name (or model.json ``name``)     required
 ``MODEL_VERSION``      pin a version (``1.2.0``); empty = current           current
 ``MODEL_CACHE_DIR``    the shared disk cache (one per host)                 ``/var/cache/cvat-models``
 ``MODEL_CACHE_SIZE``   cache byte limit (``20GiB``, ``500MB``, bytes)       ``20GiB``
 ``RUNNER_THREADS``     threads per worker (see common.runtimes.cpus)        usable CPUs / workers
+``DRIVE_ROOT_URL``     Drive API root (a stand-in); empty = Google's        Google
+``DRIVE_RETRIES``      attempts per Drive call before it counts as failed   ``6``
 =====================  ==================================================  ======================
+
+Drive credentials: see :mod:`common.registry.drive_auth`
+(``GOOGLE_DRIVE_SERVICE_ACCOUNT_KEY``, ``GOOGLE_DRIVE_API_KEY`` or
+``GOOGLE_DRIVE_USE_ADC=1``).
+
+Offline start: when the registry cannot be read (Drive unreachable, 5xx,
+quota, refused credentials; not "no such model"), the newest cached snapshot
+of the model (or the pinned version) is served instead, with a warning; with
+nothing cached the registry's error stops the start.
 """
 
 from __future__ import annotations
@@ -20,16 +33,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from common import __version__
 from common.cache import ModelCache, Snapshot, parse_size
-from common.errors import ModelConfigError, RegistryError
+from common.errors import ModelConfigError, ModelNotFound, RegistryError
 from common.imaging import max_image_pixels
+from common.offline import cached_record
 from common.pipeline import DetectorPipeline
-from common.registry import ModelRecord, Registry
+from common.registry import ModelRecord, Registry, RemoteFile
 from common.registry.local import LocalRegistry
 from common.runtimes import Runtime, load_runtime
 
@@ -45,6 +59,8 @@ class RunnerSettings:
     version: str | None
     cache_dir: Path
     cache_size: int
+    # The environment the settings came from (registry credentials are read from it).
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "RunnerSettings":
@@ -66,17 +82,48 @@ class RunnerSettings:
             raise ModelConfigError(str(exc), source="environment") from None
         return cls(registry=env.get("MODEL_REGISTRY", "local:/opt/registry"), model=model,
                    version=env.get("MODEL_VERSION", "").strip() or None,
-                   cache_dir=Path(env.get("MODEL_CACHE_DIR", "/var/cache/cvat-models")), cache_size=size)
+                   cache_dir=Path(env.get("MODEL_CACHE_DIR", "/var/cache/cvat-models")), cache_size=size,
+                   env=dict(env))
 
 
-def open_registry(spec: str) -> Registry:
-    """``local:<folder>`` (or a bare folder path) -> LocalRegistry."""
+def open_registry(spec: str, env: Mapping[str, str] | None = None,
+                  cache_dir: str | os.PathLike[str] | None = None) -> Registry:
+    """``local:<folder>`` (or a bare folder path) -> LocalRegistry;
+    ``gdrive:<root folder name>`` / ``gdrive-id:<folder id>`` -> DriveRegistry
+    with credentials from ``env`` (default os.environ), model.json bodies
+    remembered in ``cache_dir``."""
     kind, sep, rest = spec.partition(":")
     if sep and kind == "local":
         return LocalRegistry(rest)
     if sep and kind in ("gdrive", "gdrive-id"):
-        raise RegistryError("the Google Drive backend is not part of this runner build yet")
+        return _open_drive(kind, rest.strip(), os.environ if env is None else env, cache_dir)
     return LocalRegistry(spec)
+
+
+def _open_drive(kind: str, where: str, env: Mapping[str, str], cache_dir: str | os.PathLike[str] | None) -> Registry:
+    from common.registry.drive_auth import drive_credentials
+    from common.registry.gdrive import DEFAULT_ROOT_NAME, ROOT_URL_SETTING, DriveRegistry, build_service
+
+    if kind == "gdrive-id" and not where:
+        raise ModelConfigError("MODEL_REGISTRY gdrive-id: needs the registry folder's Drive id",
+                               source="environment")
+    try:
+        retries = int(env.get("DRIVE_RETRIES", "").strip() or 6)
+        if retries < 1:
+            raise ValueError
+    except ValueError:
+        raise ModelConfigError(f"DRIVE_RETRIES must be a whole number of at least 1, got "
+                               f"{env.get('DRIVE_RETRIES')!r}", source="environment") from None
+    credentials, api_key = drive_credentials(env)
+    try:
+        service = build_service(env.get(ROOT_URL_SETTING, "").strip() or None, credentials, api_key=api_key)
+    except ValueError as exc:
+        raise ModelConfigError(str(exc), source="environment") from None
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    if kind == "gdrive-id":
+        return DriveRegistry(service, root_id=where, cache_dir=cache_dir, retries=retries)
+    return DriveRegistry(service, where or DEFAULT_ROOT_NAME, cache_dir=cache_dir, retries=retries)
 
 
 @dataclass
@@ -90,15 +137,26 @@ class LoadedModel:
 
 def load_model(settings: RunnerSettings, registry: Registry | None = None) -> LoadedModel:
     """Resolve, fetch (through the cache), load and wrap the model; pins its files."""
-    registry = registry or open_registry(settings.registry)
-    record = registry.resolve(settings.model, settings.version)
+    registry = registry or open_registry(settings.registry, settings.env or None, settings.cache_dir)
+    fetch = registry.fetch
+    try:
+        record = registry.resolve(settings.model, settings.version)
+    except ModelNotFound:
+        raise  # the registry answered: there is no such model (version); serving a stale copy would hide that
+    except RegistryError as exc:
+        cached = cached_record(settings.cache_dir, settings.model, settings.version)
+        if cached is None:
+            raise
+        log.warning("the registry (%s) failed: %s; serving the cached copy of %s %s from %s",
+                    settings.registry, exc, cached.folder, cached.version, settings.cache_dir)
+        record, fetch = cached, _offline_fetch(exc)
     manifest = record.manifest
     if manifest.type not in SERVED_TYPES:
         raise ModelConfigError([("$.type", f"type {manifest.type!r} is not served by this runner yet "
                                            f"(served: {', '.join(SERVED_TYPES)})")], source=f"{record.folder}/model.json")
     cache = ModelCache(settings.cache_dir, settings.cache_size, limit_setting="MODEL_CACHE_SIZE")
     clock = time.perf_counter()
-    snapshot = cache.checkout(record, registry.fetch)
+    snapshot = cache.checkout(record, fetch)
     timings = {"files": time.perf_counter() - clock}
     clock = time.perf_counter()
     runtime = load_runtime(manifest.runtime.name, snapshot.file(manifest.file_name),
@@ -113,3 +171,10 @@ def load_model(settings: RunnerSettings, registry: Registry | None = None) -> Lo
              __version__, manifest.name, manifest.version, manifest.framework, runtime.device,
              manifest.runtime.name, timings["files"], timings["load"], timings["warm_up"])
     return LoadedModel(record, snapshot, runtime, pipeline, timings)
+
+
+def _offline_fetch(cause: RegistryError):
+    """The fetch of an offline start: a blob the cache lost meanwhile cannot be fetched."""
+    def fetch(file: RemoteFile, sink) -> None:
+        raise RegistryError(f"{file.path} is no longer cached and the registry is unavailable ({cause})")
+    return fetch

@@ -127,17 +127,19 @@ _TRANSIENT = (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPExc
 
 # --------------------------------------------------------------------- service
 
-def build_service(root_url: str | None, credentials: Any, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
+def build_service(root_url: str | None, credentials: Any, *, timeout: float = DEFAULT_TIMEOUT,
+                  api_key: str | None = None) -> Any:
     """A Drive v3 service from the discovery document bundled with the client
     (no discovery request), its ``rootUrl`` replaced by ``root_url`` when given
     (a stand-in in tests; the ``DRIVE_ROOT_URL`` setting in production), over an
     ``httplib2.Http`` with an explicit ``timeout`` authorised by ``credentials``.
 
-    ``credentials`` is required: the client must never fall back to application
-    default credentials (which probe a metadata server)."""
-    if credentials is None:
-        raise ValueError("build_service needs credentials (google.auth credentials object)")
-    import google_auth_httplib2  # imported here: only the Drive backend needs it
+    ``credentials`` is required unless ``api_key`` is given: the client must
+    never fall back to application default credentials (which probe a metadata
+    server). With ``api_key`` and no credentials, every request carries
+    ``key=`` over a plain ``httplib2.Http`` (items shared with anyone only)."""
+    if credentials is None and not api_key:
+        raise ValueError("build_service needs credentials (google.auth credentials object) or an api_key")
 
     doc = json.loads(discovery_cache.get_static_doc("drive", "v3"))
     if root_url:
@@ -147,8 +149,12 @@ def build_service(root_url: str | None, credentials: Any, *, timeout: float = DE
         doc["rootUrl"] = base
         doc["baseUrl"] = base + doc["servicePath"]
         doc["mtlsRootUrl"] = base
+    if credentials is None:
+        return build_from_document(doc, http=httplib2.Http(timeout=timeout), developerKey=api_key)
+    import google_auth_httplib2  # imported here: only the Drive backend needs it
+
     http_ = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
-    return build_from_document(doc, http=http_)
+    return build_from_document(doc, http=http_, developerKey=api_key or None)
 
 
 # --------------------------------------------------------------------- helpers
@@ -442,6 +448,13 @@ class DriveRegistry(Registry):
                 raise RegistryError(f"{what}: Drive unreachable after {failures + 1} attempts "
                                     f"({type(exc).__name__}: {exc})") from None
             except Exception as exc:
+                if _is_auth_transport_error(exc) and failures + 1 < self.retries:
+                    failures += 1  # the token endpoint could not be reached: as transient as Drive itself
+                    self._backoff(failures, what, f"{type(exc).__name__}: {exc}", None)
+                    continue
+                if _is_auth_transport_error(exc):
+                    raise RegistryError(f"{what}: the credentials' token endpoint is unreachable after "
+                                        f"{failures + 1} attempts ({type(exc).__name__}: {exc})") from None
                 if _is_auth_error(exc):
                     raise RegistryError(f"{what}: Drive credentials were refused or could not be refreshed "
                                         f"({type(exc).__name__}: {exc})") from None
@@ -901,6 +914,13 @@ class DriveRegistry(Registry):
                 self._backoff(failures, what, f"{type(exc).__name__} at byte {pos}", None)
                 continue
             except Exception as exc:
+                if _is_auth_transport_error(exc) and failures + 1 < self.retries:
+                    failures += 1  # the token endpoint could not be reached: as transient as Drive itself
+                    self._backoff(failures, what, f"{type(exc).__name__}: {exc}", None)
+                    continue
+                if _is_auth_transport_error(exc):
+                    raise RegistryError(f"{what}: the credentials' token endpoint is unreachable after "
+                                        f"{failures + 1} attempts ({type(exc).__name__}: {exc})") from None
                 if _is_auth_error(exc):
                     raise RegistryError(f"{what}: Drive credentials were refused or could not be refreshed "
                                         f"({type(exc).__name__}: {exc})") from None
@@ -1043,3 +1063,12 @@ def _is_auth_error(exc: Exception) -> bool:
     except ImportError:  # pragma: no cover - google-auth is a dependency
         return False
     return isinstance(exc, (auth_exceptions.RefreshError, auth_exceptions.InvalidOperation))
+
+
+def _is_auth_transport_error(exc: Exception) -> bool:
+    """google-auth could not reach the token endpoint (refreshing credentials)."""
+    try:
+        from google.auth import exceptions as auth_exceptions
+    except ImportError:  # pragma: no cover - google-auth is a dependency
+        return False
+    return isinstance(exc, auth_exceptions.TransportError)

@@ -6,6 +6,7 @@ shared/reference/gdrive.md (§1 REST surface, §7 ranked behaviours). Loopback o
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import logging
@@ -14,6 +15,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -204,6 +206,7 @@ class DriveStandIn:
         self.incomplete_search = False
         self._tokens: dict[str, frozenset[str] | None] | None = None
         self._api_keys: set[str] | None = None
+        self.issued_tokens: list[dict] = []  # POST /token: {"access_token", "claims"} per grant
         self._faults: list[Fault] = []
         self._faults_lock = threading.Lock()
         self._page_tokens: dict[str, _PageState] = {}
@@ -556,7 +559,10 @@ class DriveStandIn:
                 h.send_full(resp, rec, None)
                 return
         try:
-            resp = self._route(method, path, query, headers)
+            if path == "/token":
+                resp = self._token(method, body, headers)
+            else:
+                resp = self._route(method, path, query, headers)
         except DriveError as err:
             resp = self._error_response(err, headers)
         except Exception:  # a stand-in bug: make it loud but well-formed
@@ -597,6 +603,41 @@ class DriveStandIn:
         raise DriveError(404, "notFound", "Not Found")
 
     # ---- auth -------------------------------------------------------------------------------
+    _JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+    def _token(self, method: str, body: bytes, headers: dict) -> Response:
+        """OAuth token endpoint for service-account keys whose ``token_uri`` points here:
+        the JWT-bearer grant; the JWT is parsed (not signature-checked). The issued token is
+        accepted when bearer checking is on, with the scopes the JWT asked for."""
+        def oauth_error(error: str, description: str) -> Response:
+            return self._json_response(400, {"error": error, "error_description": description}, headers)
+
+        if method != "POST":
+            return self._json_response(405, {"error": "invalid_request", "error_description": "POST only"}, headers)
+        form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        if form.get("grant_type") != self._JWT_BEARER:
+            return oauth_error("unsupported_grant_type", f"Invalid grant_type: {form.get('grant_type', '')}")
+        parts = form.get("assertion", "").split(".")
+        try:
+            if len(parts) != 3:
+                raise ValueError("not three parts")
+            header, claims = (json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in parts[:2])
+        except ValueError:
+            return oauth_error("invalid_grant", "Invalid JWT: cannot be decoded")
+        if not isinstance(header, dict) or not isinstance(claims, dict) or header.get("alg") != "RS256":
+            return oauth_error("invalid_grant", "Invalid JWT Signature.")
+        if not claims.get("iss") or not claims.get("scope"):
+            return oauth_error("invalid_scope" if claims.get("iss") else "invalid_grant",
+                               "Invalid OAuth scope or ID token audience provided." if claims.get("iss")
+                               else "Invalid JWT: no issuer")
+        if not isinstance(claims.get("exp"), (int, float)) or claims["exp"] < time.time():
+            return oauth_error("invalid_grant", "Invalid JWT: Token must be a short-lived token")
+        token = "ya29.standin-" + secrets.token_urlsafe(16)
+        if self._tokens is not None:
+            self._tokens[token] = frozenset(_norm_scope(s) for s in str(claims["scope"]).split())
+        self.issued_tokens.append({"access_token": token, "claims": claims})
+        return self._json_response(200, {"access_token": token, "token_type": "Bearer", "expires_in": 3600}, headers)
+
     def _authorize(self, query: dict, headers: dict) -> Principal:
         auth = headers.get("authorization")
         token = None
