@@ -448,17 +448,26 @@ class DriveRegistry(Registry):
                 raise RegistryError(f"{what}: Drive unreachable after {failures + 1} attempts "
                                     f"({type(exc).__name__}: {exc})") from None
             except Exception as exc:
-                if _is_auth_transport_error(exc) and failures + 1 < self.retries:
-                    failures += 1  # the token endpoint could not be reached: as transient as Drive itself
-                    self._backoff(failures, what, f"{type(exc).__name__}: {exc}", None)
+                if self._retry_auth(exc, failures, what):
+                    failures += 1
                     continue
-                if _is_auth_transport_error(exc):
-                    raise RegistryError(f"{what}: the credentials' token endpoint is unreachable after "
-                                        f"{failures + 1} attempts ({type(exc).__name__}: {exc})") from None
-                if _is_auth_error(exc):
-                    raise RegistryError(f"{what}: Drive credentials were refused or could not be refreshed "
-                                        f"({type(exc).__name__}: {exc})") from None
                 raise
+
+    def _retry_auth(self, exc: Exception, failures: int, what: str) -> bool:
+        """An exception from the credentials layer: True (after backing off) to
+        try again, when the token endpoint was unreachable and attempts remain,
+        as transient as Drive itself; RegistryError when that is final or the
+        credentials were refused; False when it is no auth problem at all."""
+        if _is_auth_transport_error(exc):
+            if failures + 1 < self.retries:
+                self._backoff(failures + 1, what, f"{type(exc).__name__}: {exc}", None)
+                return True
+            raise RegistryError(f"{what}: the credentials' token endpoint is unreachable after "
+                                f"{failures + 1} attempts ({type(exc).__name__}: {exc})") from None
+        if _is_auth_error(exc):
+            raise RegistryError(f"{what}: Drive credentials were refused or could not be refreshed "
+                                f"({type(exc).__name__}: {exc})") from None
+        return False
 
     def _backoff(self, failures: int, what: str, why: str, resp: Any) -> None:
         delay = min(self.backoff_cap, self.backoff * (2 ** (failures - 1)))
@@ -914,16 +923,9 @@ class DriveRegistry(Registry):
                 self._backoff(failures, what, f"{type(exc).__name__} at byte {pos}", None)
                 continue
             except Exception as exc:
-                if _is_auth_transport_error(exc) and failures + 1 < self.retries:
-                    failures += 1  # the token endpoint could not be reached: as transient as Drive itself
-                    self._backoff(failures, what, f"{type(exc).__name__}: {exc}", None)
+                if self._retry_auth(exc, failures, what):
+                    failures += 1
                     continue
-                if _is_auth_transport_error(exc):
-                    raise RegistryError(f"{what}: the credentials' token endpoint is unreachable after "
-                                        f"{failures + 1} attempts ({type(exc).__name__}: {exc})") from None
-                if _is_auth_error(exc):
-                    raise RegistryError(f"{what}: Drive credentials were refused or could not be refreshed "
-                                        f"({type(exc).__name__}: {exc})") from None
                 raise
             status = resp.status
             if status == 206:
