@@ -44,3 +44,29 @@ def write_model(root: Path, folder: str, manifest: dict, files: dict[str, bytes]
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
         (target / rel).write_bytes(data)
     return target
+
+
+def model_json(name: str, version: str = "1.0.0", **extra) -> dict:
+    """A small valid detector model.json; ``extra`` overrides or adds keys."""
+    data = {"name": name, "version": version, "framework": "onnx", "type": "detector",
+            "file_name": "model.onnx", "labels": ["a", "b"], "input": {"shape": [1, 3, 32, 32]}}
+    data.update(extra)
+    return data
+
+
+def registry_tree(root: Path) -> Path:
+    """The registry every backend is tested on: versions (with and without their
+    own model.json), an OpenVINO pair, and one folder per kind of bad entry."""
+    write_model(root, "alpha", model_json("alpha", "2.1.0"), {"model.onnx": b"current weights"})
+    write_model(root / "alpha" / "previous_versions", "v1.0.0", model_json("alpha", "1.0.0"),
+                {"model.onnx": b"old weights"})
+    (root / "alpha" / "previous_versions" / "v2.0.0").mkdir()  # inherits the current model.json
+    (root / "alpha" / "previous_versions" / "v2.0.0" / "model.onnx").write_bytes(b"v2.0 weights")
+    write_model(root, "beta-ir", model_json("beta", framework="openvino", file_name="net.xml"),
+                {"net.xml": b"<net/>", "net.bin": b"\x00" * 10})
+    write_model(root, "no-json", {}, {}).joinpath("model.json").unlink()
+    write_model(root, "no-weights", model_json("no-weights"), {})
+    write_model(root, "bad-json", {}, {}).joinpath("model.json").write_text('{"name": "x",}')
+    write_model(root, "bad-field", model_json("bad-field", input={"layout": "NCWH"}), {"model.onnx": b"x"})
+    (root / ".hidden").mkdir()
+    return root

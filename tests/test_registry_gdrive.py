@@ -19,7 +19,7 @@ from common.errors import ModelNotFound, RegistryError
 from common.registry import RemoteFile
 from common.registry.gdrive import DriveRegistry, build_service
 from common.registry.local import LocalRegistry
-from tests.conftest import write_model
+from tests.conftest import model_json, registry_tree, write_model
 from tests.drive_standin import DOC_MIME
 
 
@@ -28,12 +28,7 @@ log = logging.getLogger(__name__)
 MEDIA = {"alt": "media"}
 
 
-def manifest(name, version="1.0.0", **extra):
-    data = {"name": name, "version": version, "framework": "onnx", "type": "detector",
-            "file_name": "model.onnx", "labels": ["a", "b"],
-            "input": {"shape": [1, 3, 32, 32]}}
-    data.update(extra)
-    return data
+manifest = model_json
 
 
 def mirror(drive, local: Path, parent: str) -> None:
@@ -69,18 +64,7 @@ def comparable(record):
 @pytest.fixture
 def tree(tmp_path) -> Path:
     """The local backend's test tree, plus a model whose extra_files is a nested folder."""
-    root = tmp_path / "CVAT_Models"
-    write_model(root, "alpha", manifest("alpha", "2.1.0"), {"model.onnx": b"current weights"})
-    write_model(root / "alpha" / "previous_versions", "v1.0.0", manifest("alpha", "1.0.0"),
-                {"model.onnx": b"old weights"})
-    (root / "alpha" / "previous_versions" / "v2.0.0").mkdir()  # inherits the current model.json
-    (root / "alpha" / "previous_versions" / "v2.0.0" / "model.onnx").write_bytes(b"v2.0 weights")
-    write_model(root, "beta-ir", manifest("beta", framework="openvino", file_name="net.xml"),
-                {"net.xml": b"<net/>", "net.bin": b"\x00" * 10})
-    write_model(root, "no-json", {}, {}).joinpath("model.json").unlink()
-    write_model(root, "no-weights", manifest("no-weights"), {})
-    write_model(root, "bad-json", {}, {}).joinpath("model.json").write_text('{"name": "x",}')
-    write_model(root, "bad-field", manifest("bad-field", input={"layout": "NCWH"}), {"model.onnx": b"x"})
+    root = registry_tree(tmp_path / "CVAT_Models")
     write_model(root, "saved", manifest("saved", extra_files=["variables", "labels.txt"]),
                 {"model.onnx": b"graph", "variables/variables.index": b"idx",
                  "variables/shards/variables.data-00000-of-00001": b"data" * 100,
@@ -88,7 +72,6 @@ def tree(tmp_path) -> Path:
     write_model(root, "empty-extra", manifest("empty-extra", extra_files=["empty.bin"]),
                 {"model.onnx": b"w", "empty.bin": b""})
     write_model(root, "folder-weights", manifest("folder-weights"), {"model.onnx/x": b"w"})
-    (root / ".hidden").mkdir()
     return root
 
 

@@ -7,33 +7,15 @@ import pytest
 
 from common.errors import ModelNotFound, RegistryError
 from common.registry.local import LocalRegistry
-from tests.conftest import write_model
+from tests.conftest import model_json, registry_tree, write_model
 
 
-def manifest(name, version="1.0.0", **extra):
-    data = {"name": name, "version": version, "framework": "onnx", "type": "detector",
-            "file_name": "model.onnx", "labels": ["a", "b"],
-            "input": {"shape": [1, 3, 32, 32]}}
-    data.update(extra)
-    return data
+manifest = model_json
 
 
 @pytest.fixture
 def root(tmp_path):
-    write_model(tmp_path, "alpha", manifest("alpha", "2.1.0"), {"model.onnx": b"current weights"})
-    write_model(tmp_path / "alpha" / "previous_versions", "v1.0.0", manifest("alpha", "1.0.0"),
-                {"model.onnx": b"old weights"})
-    # An older version without its own model.json inherits the current one.
-    (tmp_path / "alpha" / "previous_versions" / "v2.0.0").mkdir()
-    (tmp_path / "alpha" / "previous_versions" / "v2.0.0" / "model.onnx").write_bytes(b"v2.0 weights")
-    write_model(tmp_path, "beta-ir", manifest("beta", framework="openvino", file_name="net.xml"),
-                {"net.xml": b"<net/>", "net.bin": b"\x00" * 10})
-    write_model(tmp_path, "no-json", {}, {}).joinpath("model.json").unlink()
-    write_model(tmp_path, "no-weights", manifest("no-weights"), {})
-    write_model(tmp_path, "bad-json", {}, {}).joinpath("model.json").write_text('{"name": "x",}')
-    write_model(tmp_path, "bad-field", manifest("bad-field", input={"layout": "NCWH"}), {"model.onnx": b"x"})
-    (tmp_path / ".hidden").mkdir()
-    return tmp_path
+    return registry_tree(tmp_path)
 
 
 def test_listing_reports_bad_entries_and_keeps_the_rest(root):
