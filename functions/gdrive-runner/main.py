@@ -1,9 +1,12 @@
 """Nuclio entry points of the generic runner: one registry model per function.
 
 ``init_context`` loads the model named by the environment (see
-common/runner.py) once per worker process; ``handler`` answers CVAT's detector
-payload. Errors become JSON ``{"error": ...}`` with the status their class
-carries (4xx for bad requests); the worker keeps serving.
+common/runner.py) once per worker process and starts its background refresh
+(common/refresh.py: a new version in the registry is loaded off the request
+path and swapped in); ``handler`` answers CVAT's detector payload with the
+model current when the request arrives, kept for the whole request. Errors
+become JSON ``{"error": ...}`` with the status their class carries (4xx for
+bad requests); the worker keeps serving.
 """
 
 import json
@@ -11,16 +14,29 @@ import logging
 
 from common.cvat import parse_detector_request
 from common.errors import PackError
-from common.runner import RunnerSettings, load_model
+from common.runner import RunnerSettings, start_refresher
 
 
 def init_context(context):
     logging.basicConfig(level=logging.INFO)
-    model = load_model(RunnerSettings.from_env())
-    context.user_data.model = model
+    settings = RunnerSettings.from_env()
+
+    def swapped(new, old):
+        context.user_data.model = new
+        manifest = new.record.manifest
+        context.logger.info_with("model swapped", model=manifest.name, version=manifest.version,
+                                 previous=old.record.manifest.version)
+
+    refresher = start_refresher(settings, on_swap=swapped)  # loads the model first
+    context.user_data.refresher = refresher
+    context.user_data.model = model = refresher.current  # the model now serving (kept current on swaps)
+    set_termination = getattr(context.platform, "set_termination_callback", None)
+    if set_termination is not None:  # nuclio_sdk.test's platform has none
+        set_termination(refresher.stop)
     manifest = model.record.manifest
     context.logger.info_with("model ready", model=manifest.name, version=manifest.version,
-                             runtime=manifest.runtime.name, device=model.runtime.device)
+                             runtime=manifest.runtime.name, device=model.runtime.device,
+                             refresh_seconds=settings.refresh_seconds)
 
 
 def _json(context, status, payload):
@@ -31,7 +47,9 @@ def _json(context, status, payload):
 def handler(context, event):
     try:
         request = parse_detector_request(event.body)
-        shapes = context.user_data.model.pipeline.annotate(request.image, request.threshold)
+        # Read once: a swap during this request does not change the model it runs on.
+        pipeline = context.user_data.refresher.current.pipeline
+        shapes = pipeline.annotate(request.image, request.threshold)
     except PackError as exc:
         if exc.http_status >= 500:
             context.logger.error_with("request failed", error=str(exc))
