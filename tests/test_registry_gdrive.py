@@ -355,8 +355,11 @@ def test_a_broken_chunk_resumes_from_the_last_good_byte(drive, big, tmp_path, fa
     drive.requests.clear()
     path = cache.get(record.primary, lambda f, sink: reg.fetch(f, Trigger(sink, 2, inject)))
     assert path.read_bytes() == big
-    assert drive.requests.ranges(**MEDIA) == ["bytes=0-65535", "bytes=65536-131071", "bytes=131072-196607",
-                                             "bytes=131072-196607", "bytes=196608-262143", "bytes=262144-307199"]
+    if fault == "truncate":  # 1000 bytes of the third chunk arrived: the next range starts after them
+        rest = ["bytes=132072-197607", "bytes=197608-263143", "bytes=263144-307199"]
+    else:  # reset before any byte of it: that chunk again
+        rest = ["bytes=131072-196607", "bytes=196608-262143", "bytes=262144-307199"]
+    assert drive.requests.ranges(**MEDIA) == ["bytes=0-65535", "bytes=65536-131071", "bytes=131072-196607"] + rest
     assert len(sleeps) == 1
 
 
@@ -520,3 +523,231 @@ def test_an_unreadable_entry_is_reported_and_the_rest_still_listed(drive):
     assert set(errors) == {"deep", "huge"}
     assert "nested too deeply" in errors["deep"]
     assert errors["huge"] == "model.json is 2097152 bytes, more than the 1048576 allowed"
+
+
+# ---------------------------------------------------------------- streamed downloads, exact-byte resume
+
+
+class Recording(io.RawIOBase):
+    """A sink that keeps the bytes and the size of every write (what was buffered at once)."""
+
+    def __init__(self):
+        self.buf, self.sizes = io.BytesIO(), []
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.sizes.append(len(data))
+        return self.buf.write(data)
+
+
+@pytest.fixture
+def three_chunks(drive):
+    """A model whose weights are three 128 KiB chunks (and a bit)."""
+    root = drive.add_folder("CVAT_Models")
+    data = hashlib.sha256(b"seed").digest() * 12300  # 393600 bytes
+    add_model(drive, root, "big3", manifest("big3"), {"model.onnx": data})
+    return data
+
+
+class ResetAfter:
+    """A media response whose connection is reset (ConnectionResetError from the socket)
+    once ``after`` body bytes were read: the stand-in resets only before answering."""
+
+    def __init__(self, resp, after):
+        self.resp, self.left = resp, after
+
+    def __getattr__(self, name):
+        return getattr(self.resp, name)
+
+    def read(self, amt=None):
+        if self.left <= 0:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        data = self.resp.read(min(amt, self.left) if amt is not None else self.left)
+        self.left -= len(data)
+        return data
+
+
+@pytest.mark.parametrize("fault", ["truncate", "reset"])
+def test_a_broken_body_resumes_from_the_first_missing_byte(drive, three_chunks, tmp_path, monkeypatch, fault):
+    from common.registry import gdrive
+
+    chunk, read = 128 << 10, 16 << 10
+    sleeps = []
+    reg = registry(drive, chunk_size=chunk, read_size=read, sleeps=sleeps)
+    record = reg.resolve("big3")
+    drive.requests.clear()
+    expected = ["bytes=0-131071", "bytes=100000-231071", "bytes=231072-362143", "bytes=362144-393599"]
+    if fault == "truncate":  # the body ends (FIN) after 100000 bytes of the first chunk
+        drive.truncate_next(after_bytes=100_000, **MEDIA)
+    else:  # the connection resets after 100000 bytes, then the stand-in resets the resume request too
+        plain, calls = gdrive._MediaHttp.get, []
+
+        def get(self, url, headers):
+            resp = plain(self, url, headers)
+            calls.append(url)
+            if len(calls) == 1:
+                drive.reset_next(**MEDIA)
+                return ResetAfter(resp, 100_000)
+            return resp
+
+        monkeypatch.setattr(gdrive._MediaHttp, "get", get)
+        expected.insert(1, "bytes=100000-231071")
+    recording = Recording()
+
+    def fetch(f, sink):
+        reg.fetch(f, recording)
+        sink.write(recording.buf.getvalue())
+
+    path = ModelCache(tmp_path / "cache", 10 << 20).get(record.primary, fetch)
+    assert path.read_bytes() == three_chunks
+    assert drive.requests.ranges(**MEDIA) == expected
+    assert len(sleeps) == len(expected) - 3
+    assert max(recording.sizes) <= read  # never more than one read held at once
+    assert sum(recording.sizes) == len(three_chunks)  # and nothing written twice
+
+
+class Refreshable(Credentials):
+    """OAuth credentials whose refresh the test controls: each refresh hands out the next token."""
+
+    def __init__(self, token, *fresh):
+        super().__init__(token=token)
+        self.fresh, self.refreshes = list(fresh), 0
+
+    def refresh(self, request):
+        self.refreshes += 1
+        self.token = self.fresh.pop(0)
+
+
+def test_a_401_on_media_refreshes_the_credentials_once(drive, three_chunks, tmp_path):
+    drive.accept_tokens("good")
+    creds = Refreshable("good", "good")
+    sleeps = []
+    reg = DriveRegistry(build_service(drive.root_url, creds, timeout=10), chunk_size=128 << 10,
+                        sleep=sleeps.append)
+    record = reg.resolve("big3")
+    creds.token = "revoked"  # the server no longer takes it; the client still thinks it valid
+    drive.requests.clear()
+    path = ModelCache(tmp_path, 10 << 20).get(record.primary, reg.fetch)
+    assert path.read_bytes() == three_chunks
+    media = drive.requests.filter(**MEDIA)
+    assert [(r.authorization, r.status, r.range) for r in media[:2]] == [
+        ("Bearer revoked", 401, "bytes=0-131071"), ("Bearer good", 206, "bytes=0-131071")]
+    assert all(r.authorization == "Bearer good" for r in media[1:]) and len(media) == 5
+    assert creds.refreshes == 1 and sleeps == []
+
+    # a refreshed token that is refused too: one refresh only, then Drive's answer
+    creds.token, creds.fresh = "revoked", ["also-revoked", "never-asked"]
+    drive.requests.clear()
+    with pytest.raises(RegistryError, match=r"downloading model.onnx .*401 authError: the credentials were refused"):
+        reg.fetch(record.primary, io.BytesIO())
+    assert [r.authorization for r in drive.requests.filter(**MEDIA)] == ["Bearer revoked", "Bearer also-revoked"]
+    assert creds.refreshes == 2 and sleeps == []
+
+
+def test_an_api_key_download_streams_with_key_in_the_url(drive, three_chunks):
+    item = next(i for i in drive.store.items.values() if i.name == "model.onnx")
+    drive.share_with_anyone(item.id)
+    drive.accept_api_keys("AIza-k")
+    reg = DriveRegistry(build_service(drive.root_url, None, api_key="AIza-k", timeout=10), chunk_size=128 << 10)
+    sink = io.BytesIO()
+    reg.fetch(RemoteFile("model.onnx", len(three_chunks), item.id, md5="0" * 32), sink)
+    assert sink.getvalue() == three_chunks
+    media = drive.requests.filter(**MEDIA)
+    assert len(media) == 4 and all(r.query.get("key") == "AIza-k" and r.authorization is None for r in media)
+
+
+def test_a_download_goes_through_the_environments_proxy(drive, three_chunks, monkeypatch):
+    import select
+    import socket
+    import socketserver
+    import threading
+
+    tunnels: list[str] = []
+
+    class Connect(socketserver.StreamRequestHandler):
+        """A minimal CONNECT proxy: tunnel the bytes both ways."""
+
+        def handle(self):
+            target = self.rfile.readline().split()[1].decode()
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+            tunnels.append(target)
+            host, port = target.rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            ends = [self.connection, upstream]
+            while True:
+                ready, _, _ = select.select(ends, [], [], 5)
+                if not ready:
+                    break
+                for end in ready:
+                    data = end.recv(65536)
+                    if not data:
+                        upstream.close()
+                        return
+                    (upstream if end is self.connection else self.connection).sendall(data)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Connect)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        item = next(i for i in drive.store.items.values() if i.name == "model.onnx")
+        reg = DriveRegistry(build_service(drive.root_url, Credentials(token="test-token"), timeout=10),
+                            chunk_size=128 << 10)
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.setenv(name, "")
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{server.server_address[1]}")
+        sink = io.BytesIO()
+        reg.fetch(RemoteFile("model.onnx", len(three_chunks), item.id, md5="0" * 32), sink)
+        assert sink.getvalue() == three_chunks
+        assert tunnels == [f"127.0.0.1:{drive.port}"]  # one kept-alive tunnel for all four ranges
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------- shared drives
+
+
+def test_a_root_in_a_shared_drive_is_listed_with_corpora_drive(drive, tmp_path):
+    shared = drive.add_shared_drive("ML")
+    root = drive.add_folder("CVAT_Models", None, drive_id=shared)
+    add_model(drive, root, "a", manifest("a", extra_files=["extra"]), {"model.onnx": b"weights a"})
+    extra = drive.add_folder("extra", next(i.id for i in drive.store.items.values()
+                                           if i.name == "a" and i.parent == root))
+    drive.add_file("labels.txt", extra, b"x\ny\n")
+    add_model(drive, root, "b", manifest("b"), {"model.onnx": b"weights b"})
+    mine = drive.add_folder("mine")  # a model in My Drive, reached through a shortcut in the shared root
+    add_model(drive, mine, "c", manifest("c"), {"model.onnx": b"weights c"})
+    drive.add_shortcut("c", root, next(i.id for i in drive.store.items.values() if i.name == "c" and i.parent == mine))
+
+    for reg in (registry(drive), registry(drive, root_id=root)):  # by name, and by id
+        drive.requests.clear()
+        listing = reg.list_models()
+        assert [m.folder for m in listing.models] == ["a", "b", "c"] and not listing.errors
+        a = next(m for m in listing.models if m.folder == "a")
+        assert [f.path for f in a.files] == ["model.onnx", "extra/labels.txt"]
+        cache = ModelCache(tmp_path / reg._root_label.replace("'", ""), 1 << 20)
+        assert cache.get(a.primary, reg.fetch).read_bytes() == b"weights a"
+        assert cache.get(a.files[1], reg.fetch).read_bytes() == b"x\ny\n"
+        assert reg.resolve("c").primary.size == len(b"weights c")
+        lists = [r for r in drive.requests if r.path == "/drive/v3/files" and "in parents" in r.query.get("q", "")]
+        assert lists
+        for r in lists:
+            assert r.query["includeItemsFromAllDrives"] == "true" and r.query["supportsAllDrives"] == "true"
+        in_shared = [r for r in lists if r.query.get("corpora") == "drive"]
+        assert all(r.query["driveId"] == shared for r in in_shared)
+        # the root's listing, and its model folders' (a, b; and a's extra/), are in the shared drive
+        assert any(f"'{root}' in parents" in r.query["q"] for r in in_shared)
+        assert any("extra" not in r.query["q"] and " or " in r.query["q"] for r in in_shared)
+        # the shortcut's target (drive unknown) is asked across all drives; nothing else is
+        others = [r for r in lists if r.query.get("corpora") != "drive"]
+        assert others and all(r.query.get("corpora") == "allDrives" and "driveId" not in r.query for r in others)
+
+
+def test_a_root_in_my_drive_keeps_the_default_corpora(drive, seeded):
+    registry(drive).list_models()
+    lists = [r for r in drive.requests if r.path == "/drive/v3/files" and "in parents" in r.query.get("q", "")]
+    assert lists and all("corpora" not in r.query and "driveId" not in r.query for r in lists)

@@ -33,18 +33,30 @@ Drive has been seen answering an or-of-parents query with nothing at all
 (rclone's ``fast_list_bug_fix``, issuetracker 149522397): a batch of several
 folders that comes back empty is asked again one folder at a time.
 
-Downloads go through the service's own (authorised) http in ranged chunks of
-``chunk_size`` (8 MiB; never the client's 100 MiB default), each chunk held in
-memory once. A chunk that fails (truncated body, reset, timeout, 429, 5xx,
-403 rate-limit reasons) is asked again from its first byte, the last good byte
-written, after an exponential backoff with jitter; ``retries`` failures in a
-row give up. downloadQuotaExceeded, cannotDownloadAbusiveFile,
+Shared drives: when the root lies in a shared drive (its ``driveId``), the
+folders in that drive are listed with ``corpora=drive&driveId=<id>`` (Drive's
+rule; one query never mixes drives); a folder reached through a shortcut, whose
+drive is not known, with ``corpora=allDrives``. Under a root in My Drive every
+listing keeps the default ``corpora=user``.
+
+Downloads are ranged requests of ``chunk_size`` (8 MiB; never the client's 100
+MiB default) on the service's own URL, sent through http.client rather than
+httplib2 (which reads a whole body before returning), authorised as the service
+is (its credentials' Authorization header, refreshed as needed, or the API key
+already in the URL), with its timeout. Each body is written to the sink as it
+arrives, ``read_size`` (1 MiB) at most at a time, so memory stays bounded and a
+body cut short (truncated, reset, timed out) keeps what arrived: the next
+request starts at exactly the first missing byte, after an exponential backoff
+with jitter (429, 5xx and 403 rate-limit reasons are retried the same way);
+``retries`` failures in a row give up. A 401 refreshes the credentials once and
+asks again. downloadQuotaExceeded, cannotDownloadAbusiveFile,
 fileNotDownloadable and notFound are never retried. Zero-byte files are read
 without a Range header (Drive answers every range on them with 416). An HTML
 page where bytes were expected (sign-in, quota or virus-scan interstitials) is
-refused.
+refused. Proxies from the environment (which httplib2 would honour) are not
+used for downloads.
 
-Not thread-safe: httplib2 is not; use one registry (and one service) per
+Not thread-safe: httplib2 and http.client are not; use one registry (and one service) per
 thread. Nothing here ever prints; everything is logged.
 """
 
@@ -59,12 +71,15 @@ import os
 import random
 import re
 import socket
+import ssl
+import urllib.request
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urljoin, urlsplit
 
 import httplib2
 from googleapiclient import discovery_cache
@@ -101,6 +116,9 @@ _VERSION_DIR = re.compile(r"^v?(\d+\.\d+\.\d+)$")
 PAGE_SIZE = 1000
 PARENTS_PER_QUERY = 40  # parent folders or-ed into one files.list query
 CHUNK_SIZE = 8 << 20  # bytes per ranged media request
+READ_SIZE = 1 << 20  # bytes per read of a media body (what is buffered at once)
+MAX_ERROR_BODY = 1 << 20  # bytes of an error answer's body that are read
+MAX_REDIRECTS = 5
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_SHORTCUT_HOPS = 8  # shortcut -> shortcut -> ... (Drive forbids it, but never trust it)
 MAX_DEPTH = 32  # folder levels below a version folder that extra_files may reach
@@ -118,9 +136,10 @@ _REASON_TEXT = {
     "insufficientPermissions": "these credentials may not read it (missing drive.readonly scope?)",
     "authError": "the credentials were refused",
 }
-_FILE_FIELDS = "id,name,mimeType,size,md5Checksum,sha256Checksum,parents,shortcutDetails"
-_TARGET_FIELDS = "id,name,mimeType,size,md5Checksum,sha256Checksum,trashed,shortcutDetails"
-_FOLDER_FIELDS = "id,name,mimeType,shortcutDetails"
+_FILE_FIELDS = "id,name,mimeType,size,md5Checksum,sha256Checksum,parents,shortcutDetails,driveId"
+_TARGET_FIELDS = "id,name,mimeType,size,md5Checksum,sha256Checksum,trashed,shortcutDetails,driveId"
+_FOLDER_FIELDS = "id,name,mimeType,shortcutDetails,driveId"
+_UNKNOWN_DRIVE = "?"  # a folder reached through a shortcut: its drive is not known
 _TRANSIENT = (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException,
               httplib2.ServerNotFoundError, httplib2.HttpLib2Error)
 
@@ -179,6 +198,7 @@ class _Item:
     target_mime: str | None = None
     trashed: bool = False
     via: str | None = None  # id of the shortcut this item was reached through
+    drive_id: str | None = None  # the shared drive the item lies in (None: My Drive)
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> _Item:
@@ -192,6 +212,7 @@ class _Item:
             parents=tuple(data.get("parents") or ()),
             target=details.get("targetId"), target_mime=details.get("targetMimeType"),
             trashed=bool(data.get("trashed", False)),
+            drive_id=data.get("driveId") or None,
         )
 
     @property
@@ -236,6 +257,17 @@ class _Session:
 
     children: dict[str, list[_Item]] = field(default_factory=dict)
     targets: dict[str, _Item | RegistryError] = field(default_factory=dict)
+    drives: dict[str, str | None] = field(default_factory=dict)  # folder id -> its shared drive (or None)
+
+    def note(self, items: Iterable[_Item]) -> None:
+        """Remember which drive listed folders lie in (a shortcut's target: unknown)."""
+        for it in items:
+            if not it.is_folder:
+                continue
+            if it.is_shortcut:
+                self.drives.setdefault(it.folder_id, _UNKNOWN_DRIVE)
+            else:
+                self.drives[it.id] = it.drive_id
 
     def items(self, folder_id: str) -> list[_Item]:
         try:
@@ -323,6 +355,7 @@ class DriveRegistry(Registry):
         root_id: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         chunk_size: int = CHUNK_SIZE,
+        read_size: int = READ_SIZE,
         parents_per_query: int = PARENTS_PER_QUERY,
         retries: int = 6,
         backoff: float = 1.0,
@@ -330,14 +363,16 @@ class DriveRegistry(Registry):
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
     ):
-        if chunk_size <= 0 or parents_per_query <= 0 or retries < 1:
-            raise ValueError("chunk_size, parents_per_query and retries must be positive")
+        if chunk_size <= 0 or read_size <= 0 or parents_per_query <= 0 or retries < 1:
+            raise ValueError("chunk_size, read_size, parents_per_query and retries must be positive")
         self._service = service
         self.root_name = root_name
         self._root_id = root_id
         self._root_label = f"Drive folder {root_id}" if root_id else f"Drive folder {root_name!r}"
         self._root_checked = False
         self.chunk_size = int(chunk_size)
+        self.read_size = int(read_size)
+        self._root_drive: str | None = None  # the shared drive the root lies in (None: My Drive)
         self.parents_per_query = int(parents_per_query)
         self.retries = int(retries)
         self.backoff = float(backoff)
@@ -362,6 +397,7 @@ class DriveRegistry(Registry):
         for item in folders:
             by_name.setdefault(item.name, []).append(item)
         session = _Session()
+        session.note(folders)
         jobs: dict[str, Callable[[], ModelRecord]] = {}
         for name, items in by_name.items():
             if len(items) > 1:
@@ -531,28 +567,33 @@ class DriveRegistry(Registry):
                     raise RegistryError(f"registry {self._root_label} is in the trash")
                 if item.mime != FOLDER:
                     raise RegistryError(f"registry {self._root_label} is not a folder ({item.mime})")
-                self._root_id, self._root_checked = item.id, True
+                self._root_id, self._root_checked, self._root_drive = item.id, True, item.drive_id
                 self._load_manifests()
             return self._root_id
         what = f"finding the registry folder {self.root_name!r}"
         found = self._list(f"name = {_q(self.root_name)} and (mimeType = '{FOLDER}' or mimeType = '{SHORTCUT}') "
                            f"and trashed = false", _FOLDER_FIELDS, what, corpora="allDrives")
-        ids: list[str] = []
+        chosen: dict[str, _Item] = {}
         for data in found:
             item = _Item.of(data)
             if item.name != self.root_name or not item.is_folder:  # name = ignores case
                 continue
-            if item.folder_id not in ids:
-                ids.append(item.folder_id)
+            if item.folder_id not in chosen or chosen[item.folder_id].is_shortcut:
+                chosen[item.folder_id] = item
+        ids = list(chosen)
         if not ids:
             raise RegistryError(f"no folder named {self.root_name!r} is visible to these Drive credentials "
                                 f"(share it with them, or give the folder id)")
         if len(ids) > 1:
             raise RegistryError(f"{len(ids)} folders named {self.root_name!r} are visible to these Drive credentials "
                                 f"(ids {', '.join(ids)}): give the registry folder by id")
-        self._root_id, self._root_checked = ids[0], True
+        item = chosen[ids[0]]
+        if item.is_shortcut:  # a shortcut lies in its own drive: ask where the folder itself is
+            item = self._get(item.folder_id, "id,mimeType,driveId", f"registry {self._root_label}")
+        self._root_id, self._root_checked, self._root_drive = ids[0], True, item.drive_id
         self._root_label = f"Drive folder {self.root_name!r}"
-        log.info("registry %s is Drive folder %s", self.root_name, self._root_id)
+        log.info("registry %s is Drive folder %s%s", self.root_name, self._root_id,
+                 f" in shared drive {self._root_drive}" if self._root_drive else "")
         self._load_manifests()
         return self._root_id
 
@@ -561,7 +602,8 @@ class DriveRegistry(Registry):
         q = f"{_q(root)} in parents and trashed = false and (mimeType = '{FOLDER}' or mimeType = '{SHORTCUT}')"
         if name is not None:
             q += f" and name = {_q(name)}"
-        listed = [_Item.of(d) for d in self._list(q, _FOLDER_FIELDS, f"listing {self._root_label}")]
+        listed = [_Item.of(d) for d in self._list(q, _FOLDER_FIELDS, f"listing {self._root_label}",
+                                                   **self._corpus(self._root_drive))]
         folders = sorted((it for it in listed if it.is_folder and not it.name.startswith(".")
                           and (name is None or it.name == name)), key=lambda it: (it.name, it.id))
         if not folders and name is None:
@@ -577,6 +619,7 @@ class DriveRegistry(Registry):
         if len(direct) > 1:
             raise RegistryError(f"{len(direct)} folders are named {name!r} in {self._root_label}: "
                                 f"rename or remove all but one")
+        session.note(direct)
         if direct:
             folder = direct[0]
             self._load(session, _Needs(folders={folder.folder_id}))
@@ -584,6 +627,7 @@ class DriveRegistry(Registry):
                 return folder
         # By model.json "name": every folder's model.json (cached by md5).
         folders = [f for f in self._model_folders(root)]
+        session.note(folders)
         counts: dict[str, int] = {}
         for f in folders:
             counts[f.name] = counts.get(f.name, 0) + 1
@@ -649,19 +693,39 @@ class DriveRegistry(Registry):
         return result
 
     def _load(self, session: _Session, needs: _Needs) -> None:
-        folders = [f for f in sorted(needs.folders) if f not in session.children]
-        for start in range(0, len(folders), self.parents_per_query):
-            batch = folders[start:start + self.parents_per_query]
-            session.children.update(self._children(batch))
+        groups: dict[str | None, list[str]] = {}  # one query never mixes drives (corpora, driveId)
+        for f in sorted(needs.folders):
+            if f not in session.children:
+                drive = self._root_drive if f == self._root_id else session.drives.get(f, _UNKNOWN_DRIVE)
+                groups.setdefault(drive, []).append(f)
+        for drive, folders in groups.items():
+            for start in range(0, len(folders), self.parents_per_query):
+                batch = folders[start:start + self.parents_per_query]
+                children = self._children(batch, drive)
+                session.children.update(children)
+                for items in children.values():
+                    session.note(items)
         for target in sorted(needs.targets):
             if target not in session.targets:
-                session.targets[target] = self._target(target)
+                session.targets[target] = found = self._target(target)
+                if isinstance(found, _Item):
+                    session.note([found])
 
-    def _children(self, batch: list[str]) -> dict[str, list[_Item]]:
+    def _corpus(self, drive: str | None) -> dict[str, str]:
+        """files.list parameters for folders in ``drive``: a shared drive is listed with
+        corpora=drive and its driveId (Drive's rule); My Drive with the default corpora=user;
+        a folder of unknown drive (a shortcut's target) under a shared-drive root with allDrives."""
+        if drive == _UNKNOWN_DRIVE:
+            return {"corpora": "allDrives"} if self._root_drive else {}
+        if drive:
+            return {"corpora": "drive", "driveId": drive}
+        return {}
+
+    def _children(self, batch: list[str], drive: str | None = None) -> dict[str, list[_Item]]:
         what = f"listing {len(batch)} folder{'s' if len(batch) > 1 else ''} of {self._root_label}"
         terms = " or ".join(f"{_q(f)} in parents" for f in batch)
         q = f"({terms}) and trashed = false" if len(batch) > 1 else f"{terms} and trashed = false"
-        items = [_Item.of(d) for d in self._list(q, _FILE_FIELDS, what)]
+        items = [_Item.of(d) for d in self._list(q, _FILE_FIELDS, what, **self._corpus(drive))]
         grouped: dict[str, list[_Item]] = {f: [] for f in batch}
         if len(batch) == 1:
             grouped[batch[0]] = items
@@ -672,7 +736,7 @@ class DriveRegistry(Registry):
             log.info("%s: %s; asking folder by folder", what,
                      "empty answer" if not items else "items without parents")
             for f in batch:
-                grouped.update(self._children([f]))
+                grouped.update(self._children([f], drive))
             return grouped
         for it in items:
             for parent in it.parents:
@@ -897,13 +961,20 @@ class DriveRegistry(Registry):
     # ================================================================ downloads
 
     def _download(self, file_id: str, size: int, label: str, sink: BinaryIO) -> None:
-        """Write the bytes of Drive file ``file_id`` into ``sink``, ranged and resumed.
+        """Write the bytes of Drive file ``file_id`` into ``sink``, ranged, streamed and resumed.
         ``size`` < 0: unknown (read it from the first answer)."""
         what = f"downloading {label} (Drive file {file_id})"
         request = self._service.files().get_media(fileId=file_id, supportsAllDrives=True)
-        http_, uri = request.http, request.uri
         base = {k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "accept-encoding")}
-        pos, failures, total = 0, 0, size
+        media = _MediaHttp(request.http)
+        try:
+            self._stream(media, request.uri, base, size, what, sink)
+        finally:
+            media.close()
+
+    def _stream(self, media: _MediaHttp, uri: str, base: dict[str, str], size: int, what: str,
+                sink: BinaryIO) -> None:
+        pos, failures, total, refreshed = 0, 0, size, False
         while True:
             headers = dict(base, **{"accept-encoding": "identity"})
             ranged = total != 0  # every range on a zero-byte file is a 416: ask for it plainly
@@ -913,66 +984,113 @@ class DriveRegistry(Registry):
                     end = min(end, total - 1)
                 headers["range"] = f"bytes={pos}-{end}"
             try:
-                resp, content = http_.request(uri, method="GET", headers=headers)
-            except _TRANSIENT as exc:  # truncated body, reset, timeout: ask again from pos
+                resp = media.get(uri, headers)
+                status = resp.status
+                rhead = {k.lower(): v for k, v in resp.getheaders()}
+                if status == 206:
+                    start, last, got_total = _content_range_full(rhead.get("content-range", ""))
+                    if start is None or last is None or got_total is None:
+                        raise RegistryError(f"{what}: Drive sent part of the file without a usable Content-Range "
+                                            f"({rhead.get('content-range')!r})")
+                    if total >= 0 and got_total != total:
+                        raise RegistryError(f"{what}: the file changed on Drive (now {got_total} bytes, "
+                                            f"listed as {total}); list the registry again")
+                    total = got_total
+                    want = min(last, total - 1) - start + 1
+                    if start != pos or want <= 0:
+                        media.close()  # the body is not read: the connection cannot be reused
+                        failures += 1
+                        if failures >= self.retries:
+                            raise RegistryError(f"{what}: Drive keeps sending the wrong bytes at byte {pos} "
+                                                f"(from {start}, {max(want, 0)} bytes)")
+                        self._backoff(failures, what, f"answer from byte {start} ({max(want, 0)} bytes), "
+                                                      f"not {pos}", rhead)
+                        continue
+                    for n in self._pump(resp, want, 0, pos == 0, rhead, what, sink):
+                        pos += n
+                    if not resp.isclosed():  # more body than the range said: never reuse that connection
+                        media.close()
+                    failures, refreshed = 0, False
+                    if pos >= total:
+                        return
+                    continue
+                if status == 200:  # the whole file: no Range asked, or Drive ignored it
+                    if ranged:
+                        log.info("%s: Drive ignored the Range header and sent the whole file", what)
+                    length = rhead.get("content-length", "")
+                    body = int(length) if length.strip().isdigit() else None
+                    if body is not None:
+                        total = body  # a retry after a broken body asks for the rest by range
+                    want = None if body is None else max(body - pos, 0)
+                    for n in self._pump(resp, want, pos, pos == 0, rhead, what, sink):
+                        pos += n
+                    return
+                content = resp.read(MAX_ERROR_BODY)
+                if not resp.isclosed():
+                    media.close()
+            except _TRANSIENT as exc:  # truncated body, reset, timeout: ask again from the first missing byte
+                media.close()
                 failures += 1
                 if failures >= self.retries:
                     raise RegistryError(f"{what}: failed {failures} times in a row at byte {pos} "
                                         f"({type(exc).__name__}: {exc})") from None
-                _reset_connections(http_)
                 self._backoff(failures, what, f"{type(exc).__name__} at byte {pos}", None)
                 continue
+            except RegistryError:
+                raise
             except Exception as exc:
+                media.close()
                 if self._retry_auth(exc, failures, what):
                     failures += 1
                     continue
                 raise
-            status = resp.status
-            if status == 206:
-                start, got_total = _content_range(resp.get("content-range", ""))
-                if start is None or got_total is None:
-                    raise RegistryError(f"{what}: Drive sent part of the file without a usable Content-Range "
-                                        f"({resp.get('content-range')!r})")
-                if total >= 0 and got_total != total:
-                    raise RegistryError(f"{what}: the file changed on Drive (now {got_total} bytes, "
-                                        f"listed as {total}); list the registry again")
-                total = got_total
-                if start != pos or not content:
-                    failures += 1
-                    if failures >= self.retries:
-                        raise RegistryError(f"{what}: Drive keeps sending the wrong bytes at byte {pos} "
-                                            f"(from {start}, {len(content)} bytes)")
-                    self._backoff(failures, what, f"answer from byte {start} ({len(content)} bytes), "
-                                                  f"not {pos}", resp)
-                    continue
-                if pos == 0:
-                    _refuse_html(resp, content, what)
-                content = content[:total - pos]
-                sink.write(content)
-                pos += len(content)
-                failures = 0
-                if pos >= total:
-                    return
-                continue
-            if status == 200:  # the whole file: no Range asked, or Drive ignored it
-                if pos == 0:
-                    _refuse_html(resp, content, what)
-                if ranged:
-                    log.info("%s: Drive ignored the Range header and sent the whole file", what)
-                sink.write(content[pos:])
-                return
             if status == 416:
-                _, got_total = _content_range(resp.get("content-range", ""))
+                _, got_total = _content_range(rhead.get("content-range", ""))
                 if got_total == 0 or (got_total is None and total == 0):
                     return  # a zero-byte file
                 raise RegistryError(f"{what}: Drive refused the range at byte {pos} "
                                     f"(the file is {got_total} bytes now, listed as {size})")
+            if status == 401 and media.can_refresh and not refreshed:
+                log.info("%s: Drive answered 401; refreshing the credentials once", what)
+                try:
+                    media.refresh()
+                except Exception as exc:
+                    if self._retry_auth(exc, failures, what):
+                        failures += 1
+                        continue
+                    raise
+                refreshed = True
+                continue
             reason, message = _drive_reason(status, content)
             if _retryable(status, reason) and failures + 1 < self.retries:
                 failures += 1
-                self._backoff(failures, what, f"{status} {reason}".strip(), resp)
+                self._backoff(failures, what, f"{status} {reason}".strip(), rhead)
                 continue
             raise self._error(status, reason, message, what)
+
+    def _pump(self, resp: http.client.HTTPResponse, want: int | None, skip: int, check_html: bool,
+              headers: dict[str, str], what: str, sink: BinaryIO) -> Iterable[int]:
+        """Copy a media body into ``sink`` as it arrives, ``read_size`` bytes at most at a
+        time: the first ``skip`` bytes dropped, then ``want`` bytes (None: to the end of
+        the body). Yields each write's size, so the caller's position is exact when the
+        body breaks off (``_Truncated``, or the transport's own error)."""
+        got = 0
+        while skip > 0:
+            dropped = resp.read(min(self.read_size, skip))
+            if not dropped:
+                raise _Truncated(f"body ended {skip} bytes before the first byte wanted")
+            skip -= len(dropped)
+        while want is None or got < want:
+            piece = resp.read(self.read_size if want is None else min(self.read_size, want - got))
+            if not piece:
+                if want is None:
+                    return
+                raise _Truncated(f"body ended after {got} of {want} bytes")
+            if check_html and got == 0:
+                _refuse_html(headers, piece, what)
+            sink.write(piece)
+            got += len(piece)
+            yield len(piece)
 
     # ================================================================ manifest memory
 
@@ -1027,14 +1145,110 @@ class DriveRegistry(Registry):
 
 # --------------------------------------------------------------------- download helpers
 
+def _content_range_full(value: str) -> tuple[int | None, int | None, int | None]:
+    """``bytes a-b/N`` -> (a, b, N); ``bytes */N`` -> (None, None, N)."""
+    m = re.match(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", value or "")
+    if not m:
+        return None, None, None
+    start = int(m.group(1)) if m.group(1) is not None else None
+    last = int(m.group(2)) if m.group(2) is not None else None
+    total = int(m.group(3)) if m.group(3) != "*" else None
+    return start, last, total
+
+
 def _content_range(value: str) -> tuple[int | None, int | None]:
     """``bytes a-b/N`` -> (a, N); ``bytes */N`` -> (None, N)."""
-    m = re.match(r"^\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*$", value or "")
-    if not m:
-        return None, None
-    start = int(m.group(1)) if m.group(1) is not None else None
-    total = int(m.group(2)) if m.group(2) != "*" else None
+    start, _, total = _content_range_full(value)
     return start, total
+
+
+class _Truncated(http.client.HTTPException):
+    """A media body that ended before its announced length."""
+
+
+class _MediaHttp:
+    """Streamed GETs for ``alt=media``: http.client (whose responses can be read piece by
+    piece, where httplib2 reads a whole body first), one kept-alive connection per host,
+    authorised as the service's own http is (its credentials' Authorization header,
+    refreshed as needed; an API key is already in the URL as ``key=``), with its timeout
+    and CA bundle. Redirects are followed (Authorization kept only on the same host)."""
+
+    def __init__(self, http_: Any):
+        creds = getattr(http_, "credentials", None)  # httplib2.Http has one too (basic auth): not that
+        self.credentials = creds if hasattr(creds, "before_request") and hasattr(creds, "refresh") else None
+        inner = getattr(http_, "http", http_)
+        self._inner = inner if isinstance(inner, httplib2.Http) else httplib2.Http()
+        timeout = getattr(inner, "timeout", None)
+        self.timeout = float(timeout) if timeout is not None else DEFAULT_TIMEOUT
+        self._ca_certs = getattr(inner, "ca_certs", None) or httplib2.CA_CERTS
+        self._verify = not getattr(inner, "disable_ssl_certificate_validation", False)
+        self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
+
+    @property
+    def can_refresh(self) -> bool:
+        return self.credentials is not None
+
+    def _auth_request(self) -> Any:
+        import google_auth_httplib2
+
+        return google_auth_httplib2.Request(self._inner)
+
+    def refresh(self) -> None:
+        self.credentials.refresh(self._auth_request())
+
+    def get(self, url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+        """GET ``url``; the answer with its headers read and its body not."""
+        headers = dict(headers)
+        if self.credentials is not None:
+            self.credentials.before_request(self._auth_request(), "GET", url, headers)
+        for _ in range(MAX_REDIRECTS + 1):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise RegistryError(f"cannot download from {url!r}: not an http(s) URL")
+            conn = self._connection(parts.scheme, parts.netloc)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            conn.request("GET", target, headers=headers)
+            resp = conn.getresponse()
+            location = resp.getheader("location")
+            if resp.status not in (301, 302, 303, 307, 308) or not location:
+                return resp
+            resp.read(MAX_ERROR_BODY)
+            if not resp.isclosed():
+                self.close()
+            url = urljoin(url, location)
+            if urlsplit(url).netloc != parts.netloc:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        raise http.client.HTTPException(f"more than {MAX_REDIRECTS} redirects")
+
+    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        key = (scheme, netloc)
+        conn = self._conns.get(key)
+        if conn is None:
+            # The environment's proxy (HTTPS_PROXY, NO_PROXY...), as httplib2 honours it for
+            # the JSON calls: the connection goes to the proxy and tunnels with CONNECT.
+            proxy = urllib.request.getproxies().get(scheme)
+            host = urlsplit(f"//{netloc}").hostname or netloc
+            via = urlsplit(proxy).netloc if proxy and not urllib.request.proxy_bypass(host) else None
+            if scheme == "https":
+                context = ssl.create_default_context(cafile=self._ca_certs)
+                if not self._verify:
+                    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                conn = http.client.HTTPSConnection(via or netloc, timeout=self.timeout, context=context)
+            else:
+                conn = http.client.HTTPConnection(via or netloc, timeout=self.timeout)
+            if via:
+                conn.set_tunnel(netloc)
+            self._conns[key] = conn
+        return conn
+
+    def close(self) -> None:
+        """Drop every connection (after a broken or unread answer: never reuse it)."""
+        for conn in self._conns.values():
+            try:
+                conn.close()
+            except Exception as exc:  # noqa: BLE001 - closing a broken socket may fail; it is dropped anyway
+                log.debug("closing a media connection: %s", exc)
+        self._conns.clear()
 
 
 def _refuse_html(resp: Any, content: bytes, what: str) -> None:
