@@ -11,6 +11,10 @@ For each demo model, on one 1920×1080 JPEG, all measured in this run:
   model needs, preprocess, output decoder);
 * cold start with the model already cached (a new worker's init_context)
   against creating the runtime session alone.
+
+Then the Drive registry against the Drive v3 stand-in (:mod:`tools.bench_drive`):
+requests per listing, and a 1 GiB download's throughput and memory
+(``--drive-only`` runs that part alone, ``--no-drive`` skips it).
 """
 
 from __future__ import annotations
@@ -111,6 +115,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--out", type=Path, default=REPO / ".demo")
     parser.add_argument("--model", help="measure this model only and print its figures as JSON (internal)")
+    drive = parser.add_mutually_exclusive_group()
+    drive.add_argument("--drive-only", action="store_true", help="only the Drive registry's figures")
+    drive.add_argument("--no-drive", action="store_true", help="skip the Drive registry's figures")
+    parser.add_argument("--drive-repeat", type=int, default=3, help="runs of each 1 GiB download kind")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING if args.model else logging.INFO, format="%(message)s",
                         stream=sys.stdout)
@@ -119,7 +127,17 @@ def main() -> int:
     if args.model:
         sys.stdout.write(json.dumps(measure(args.model, registry, args.out / "cache", args.repeat)) + "\n")
         return 0
+    if not args.drive_only:
+        bench_models(registry, args)
+    if not args.no_drive:
+        from tools import bench_drive
 
+        bench_drive.run(args.drive_repeat)
+    return 0
+
+
+def bench_models(registry: Path, args: argparse.Namespace) -> None:
+    """The per-model tables."""
     build_registry(registry)
     results = {}
     for model_dir in sorted(p for p in registry.iterdir() if p.is_dir()):
@@ -148,7 +166,6 @@ def main() -> int:
         log.info("%-32s %8.1f %8.1f %8.1f %6.2f", name, f["cold"], f["warmup"], f["session"],
                  (f["cold"] - f["warmup"]) / f["session"])
     log.info("ratio = (init - warm-up) / session")
-    return 0
 
 
 if __name__ == "__main__":
