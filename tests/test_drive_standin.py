@@ -16,7 +16,7 @@ import httplib2
 import pytest
 from google.oauth2.credentials import Credentials
 from googleapiclient.errors import HttpError
-from googleapiclient.http import MediaIoBaseDownload
+from googleapiclient.http import MediaIoBaseDownload, MediaIoBaseUpload
 
 from tests.drive_standin import DOC_MIME, FOLDER_MIME, escape
 from tests.drive_standin.fixtures import build_service
@@ -54,6 +54,18 @@ def download(request, chunksize: int) -> bytes:
     while not done:
         _, done = downloader.next_chunk()
     return buf.getvalue()
+
+
+def resumable_media(data: bytes, chunksize: int = 256 * 1024, mime: str = "application/octet-stream"):
+    return MediaIoBaseUpload(io.BytesIO(data), mime, chunksize=chunksize, resumable=True)
+
+
+def upload_all(request) -> dict:
+    """Drive a resumable request to the end with next_chunk()."""
+    response = None
+    while response is None:
+        _, response = request.next_chunk()
+    return response
 
 
 def raw_get(drive, path: str, headers: dict | None = None):
@@ -480,5 +492,333 @@ def test_keep_alive_and_json_shape(drive):
     assert json.loads(c1)["id"] == fid
     resp, _ = h.request(drive.root_url + "drive/v3/nope", "GET", headers=headers)
     assert resp.status == 404
-    resp, _ = h.request(drive.root_url + f"drive/v3/files/{fid}", "DELETE", headers=headers)
-    assert resp.status == 501
+    resp, _ = h.request(drive.root_url + f"drive/v3/files/{fid}", "PUT", headers=headers)
+    assert resp.status == 501  # not a Drive method on this path
+    resp, content = h.request(drive.root_url + f"drive/v3/files/{fid}", "DELETE", headers=headers)
+    assert (resp.status, content) == (204, b"")
+
+
+# --------------------------------------------------------------------------- metadata writes
+
+
+def test_create_update_delete_through_the_client(drive, drive_service):
+    files = drive_service.files()
+    folder = files.create(body={"name": "CVAT_Models", "mimeType": FOLDER_MIME}, fields="id,mimeType,parents").execute()
+    assert ID_RE.match(folder["id"]) and folder["mimeType"] == FOLDER_MIME and folder["parents"] == [drive.root_id]
+    other = files.create(body={"name": "archive", "mimeType": FOLDER_MIME, "parents": ["root"]}).execute()
+    assert set(other) == {"kind", "id", "name", "mimeType"}  # the default subset
+    made = files.create(body={"name": "model.json", "parents": [folder["id"]], "description": "d",
+                              "appProperties": {"registry": "v1"}}, fields="*").execute()
+    assert (made["mimeType"], made["size"], made["md5Checksum"]) == (
+        "application/octet-stream", "0", hashlib.md5(b"").hexdigest())
+    assert made["appProperties"] == {"registry": "v1"} and made["description"] == "d"
+    fid, version = made["id"], int(made["version"])
+
+    renamed = files.update(fileId=fid, body={"name": "model-v2.json", "appProperties": {"registry": None, "k": "v"}},
+                           fields="name,version,appProperties,modifiedTime").execute()
+    assert renamed["name"] == "model-v2.json" and renamed["appProperties"] == {"k": "v"}
+    assert int(renamed["version"]) > version and renamed["modifiedTime"] > made["modifiedTime"]
+    moved = files.update(fileId=fid, addParents=other["id"], removeParents=folder["id"], fields="parents").execute()
+    assert moved == {"parents": [other["id"]]}
+    q = f"'{other['id']}' in parents and trashed = false"
+    assert [f["id"] for f in files.list(q=q).execute()["files"]] == [fid]
+    trashed = files.update(fileId=fid, body={"trashed": True}, fields="trashed,explicitlyTrashed,trashedTime").execute()
+    assert trashed["trashed"] is True and trashed["explicitlyTrashed"] and TIME_RE.match(trashed["trashedTime"])
+    assert files.list(q=q).execute()["files"] == []
+    assert files.update(fileId=fid, body={"trashed": False}, fields="trashed").execute() == {"trashed": False}
+    assert drive.item(fid).parent == other["id"]
+
+    for call, status, reason in [
+        (lambda: files.update(fileId=fid, addParents=folder["id"]), 403, "cannotAddParent"),
+        (lambda: files.update(fileId=fid, body={"parents": [folder["id"]]}), 403, "fieldNotWritable"),
+        (lambda: files.update(fileId=fid, body={"size": "3"}), 403, "fieldNotWritable"),
+        (lambda: files.update(fileId=fid, body={"etag": "x"}), 400, "badRequest"),
+        (lambda: files.create(body={"name": "x", "parents": ["1nope"]}), 404, "notFound"),
+        (lambda: files.update(fileId="1nope", body={"name": "x"}), 404, "notFound"),
+        (lambda: files.update(fileId=other["id"], addParents=other["id"], removeParents=drive.root_id), 400,
+         "badRequest"),
+        (lambda: files.create(body={"name": "x"}, fields="etag"), 400, "invalidParameter"),
+    ]:
+        with pytest.raises(HttpError) as exc:
+            call().execute()
+        assert (exc.value.status_code, reason_of(exc.value)) == (status, reason)
+
+    assert files.delete(fileId=other["id"]).execute() == ""
+    assert drive.requests[-1].status == 204
+    for gone in (other["id"], fid):  # the folder went with its content
+        with pytest.raises(HttpError) as exc:
+            files.get(fileId=gone).execute()
+        assert exc.value.status_code == 404
+    with pytest.raises(HttpError) as exc:
+        files.delete(fileId=fid).execute()
+    assert (exc.value.status_code, reason_of(exc.value)) == (404, "notFound")
+
+
+def test_writes_follow_shared_drive_rules_and_scopes(drive, drive_service):
+    sd = drive.add_shared_drive("Team Models")
+    with pytest.raises(HttpError) as exc:
+        drive_service.files().create(body={"name": "m", "parents": [sd]}).execute()
+    assert exc.value.status_code == 404
+    made = drive_service.files().create(body={"name": "m", "parents": [sd], "mimeType": FOLDER_MIME},
+                                        supportsAllDrives=True, fields="id,driveId").execute()
+    assert made["driveId"] == sd
+    with pytest.raises(HttpError) as exc:
+        drive_service.files().update(fileId=made["id"], body={"name": "n"}).execute()
+    assert exc.value.status_code == 404
+    drive_service.files().delete(fileId=made["id"], supportsAllDrives=True).execute()
+
+    fid = drive.add_file("w.bin", None, b"abc")
+    drive.accept_tokens("rw")
+    drive.accept_tokens("ro", scopes=["https://www.googleapis.com/auth/drive.readonly"])
+    readonly = build_service(drive.root_url, token="ro")
+    assert readonly.files().get(fileId=fid, fields="id").execute() == {"id": fid}
+    assert readonly.files().get_media(fileId=fid).execute() == b"abc"
+    for call in (lambda s: s.files().create(body={"name": "x"}),
+                 lambda s: s.files().update(fileId=fid, body={"name": "x"}),
+                 lambda s: s.files().delete(fileId=fid)):
+        with pytest.raises(HttpError) as exc:
+            call(readonly).execute()
+        err = error_of(exc.value)
+        assert (exc.value.status_code, err["errors"][0]["reason"]) == (403, "insufficientPermissions")
+        assert err["details"][0]["reason"] == "ACCESS_TOKEN_SCOPE_INSUFFICIENT"
+    assert drive.item(fid).name == "w.bin"
+    rw = build_service(drive.root_url, token="rw")
+    assert rw.files().update(fileId=fid, body={"name": "x"}, fields="name").execute() == {"name": "x"}
+    with pytest.raises(HttpError) as exc:  # an API key cannot write
+        build_service(drive.root_url, developer_key="KEY").files().delete(fileId=fid).execute()
+    assert (exc.value.status_code, reason_of(exc.value)) == (401, "required")
+
+
+# --------------------------------------------------------------------------- uploads
+
+MIB = 1 << 20
+CHUNK = 256 * 1024
+
+
+def payload(n: int) -> bytes:
+    """``n`` bytes that include CR, LF and ``--`` (multipart framing must not touch them)."""
+    return ((hashlib.sha256(b"seed").digest() + b"\r\n--\r") * (n // 37 + 1))[:n]
+
+
+def test_resumable_upload_in_chunks(drive, drive_service):
+    folder = drive_service.files().create(body={"name": "CVAT_Models", "mimeType": FOLDER_MIME}).execute()["id"]
+    data = payload(MIB)
+    drive.requests.clear()
+    request = drive_service.files().create(body={"name": "model.onnx", "parents": [folder]},
+                                           media_body=resumable_media(data), fields="id,md5Checksum,sha256Checksum,"
+                                           "size,parents,mimeType,headRevisionId")
+    made = upload_all(request)
+    assert made["md5Checksum"] == hashlib.md5(data).hexdigest() and made["size"] == str(MIB)
+    assert made["sha256Checksum"] == hashlib.sha256(data).hexdigest() and made["parents"] == [folder]
+    assert made["mimeType"] == "application/octet-stream" and made["headRevisionId"]
+    start, *puts = drive.requests
+    assert (start.method, start.path, start.query["uploadType"], start.status) == (
+        "POST", "/upload/drive/v3/files", "resumable", 200)
+    assert start.headers["x-upload-content-length"] == str(MIB)
+    assert [(r.method, r.content_range, r.status) for r in puts] == [
+        ("PUT", f"bytes {i * CHUNK}-{(i + 1) * CHUNK - 1}/{MIB}", 308 if i < 3 else 200) for i in range(4)]
+    assert len({r.upload_id for r in puts}) == 1 and puts[0].upload_id
+    assert drive_service.files().get_media(fileId=made["id"]).execute() == data
+
+    # new content through PATCH /upload/drive/v3/files/{id}: a new version and revision
+    new = payload(300_000)
+    updated = upload_all(drive_service.files().update(
+        fileId=made["id"], body={"name": "model-v2.onnx"}, media_body=resumable_media(new),
+        fields="name,md5Checksum,size,headRevisionId"))
+    assert updated["md5Checksum"] == hashlib.md5(new).hexdigest() and updated["name"] == "model-v2.onnx"
+    assert updated["headRevisionId"] != made["headRevisionId"] and updated["size"] == "300000"
+    assert drive.requests.filter(path_prefix="/upload/")[-3].method == "PATCH"
+    assert drive.requests.filter(path_prefix="/upload/")[-1].file_id == made["id"]
+    old = drive_service.revisions().get_media(fileId=made["id"], revisionId=made["headRevisionId"]).execute()
+    assert old == data
+
+
+def test_resumable_upload_survives_503_truncation_and_loses_its_session(drive, drive_service):
+    data = payload(MIB)
+    request = drive_service.files().create(body={"name": "w.bin"}, media_body=resumable_media(data),
+                                           fields="id,md5Checksum")
+    request._sleep = lambda seconds: None
+    request.next_chunk()  # chunk 0 stored
+    drive.fail_next(503, method="PUT", path_prefix="/upload/")
+    with pytest.raises(HttpError) as exc:  # the manual loop: the error surfaces ...
+        request.next_chunk()
+    assert exc.value.status_code == 503
+    request.next_chunk()  # ... then a `bytes */N` status query and the chunk again
+    drive.truncate_next(100_000, method="PUT", path_prefix="/upload/")
+    with pytest.raises(ConnectionResetError):  # 100 000 bytes of chunk 2 arrive, then the connection dies
+        request.next_chunk()
+    made = upload_all(request)
+    assert made["md5Checksum"] == hashlib.md5(data).hexdigest()
+    puts = [(r.content_range, r.status, r.fault) for r in drive.requests.filter(method="PUT")]
+    assert puts == [
+        (f"bytes 0-{CHUNK - 1}/{MIB}", 308, None),
+        (f"bytes {CHUNK}-{2 * CHUNK - 1}/{MIB}", 503, "status"),
+        (f"bytes */{MIB}", 308, None),
+        (f"bytes {CHUNK}-{2 * CHUNK - 1}/{MIB}", 308, None),
+        (f"bytes {2 * CHUNK}-{3 * CHUNK - 1}/{MIB}", None, "truncate"),
+        (f"bytes */{MIB}", 308, None),
+        (f"bytes {2 * CHUNK + 100_000}-{3 * CHUNK + 100_000 - 1}/{MIB}", 308, None),  # resumes mid-chunk
+        (f"bytes {3 * CHUNK + 100_000}-{MIB - 1}/{MIB}", 200, None),
+    ]
+
+    # next_chunk(num_retries=...) re-sends an exhausted stream slice (an empty body under the
+    # chunk's Content-Length); the stand-in answers 308 with what it holds once the body stalls.
+    drive.upload_body_timeout = 0.2
+    drive.requests.clear()
+    request = drive_service.files().create(body={"name": "w2.bin"}, media_body=resumable_media(data),
+                                           fields="md5Checksum")
+    request._sleep = lambda seconds: None
+    request.next_chunk()
+    drive.fail_next(503, method="PUT", path_prefix="/upload/")
+    request.next_chunk(num_retries=2)
+    assert upload_all(request) == {"md5Checksum": hashlib.md5(data).hexdigest()}
+    retried = drive.requests.filter(method="PUT")[2]
+    assert (retried.status, retried.bytes_received, retried.body_complete) == (308, 0, False)
+
+    request = drive_service.files().create(body={"name": "lost.bin"}, media_body=resumable_media(data))
+    request.next_chunk()
+    drive.expire_upload_sessions()
+    with pytest.raises(HttpError) as exc:
+        request.next_chunk()
+    assert exc.value.status_code == 404
+    assert drive_service.files().list(q="name = 'lost.bin'").execute()["files"] == []
+
+
+def test_simple_and_multipart_uploads(drive, drive_service):
+    folder = drive.add_folder("reg")
+    data = b"a\r\nb\nc\rd--x\r\n\r\n" + payload(5000)
+    md5 = hashlib.md5(data).hexdigest()
+    simple = drive_service.files().create(media_body=MediaIoBaseUpload(io.BytesIO(data), "text/plain"),
+                                          fields="name,mimeType,md5Checksum,parents").execute()
+    assert simple == {"name": "Untitled", "mimeType": "text/plain", "md5Checksum": md5, "parents": [drive.root_id]}
+    assert drive.requests[-1].query["uploadType"] == "media"
+    multi = drive_service.files().create(
+        body={"name": "model.json", "parents": [folder], "mimeType": "application/json",
+              "appProperties": {"sha": "x"}},
+        media_body=MediaIoBaseUpload(io.BytesIO(data), "application/octet-stream"),
+        fields="id,name,mimeType,md5Checksum,size,appProperties,version").execute()
+    assert (multi["name"], multi["mimeType"], multi["md5Checksum"], multi["size"]) == (
+        "model.json", "application/json", md5, str(len(data)))
+    assert multi["appProperties"] == {"sha": "x"}
+    assert drive.requests[-1].query["uploadType"] == "multipart"
+    assert drive.requests[-1].headers["content-type"].startswith("multipart/related")
+
+    updated = drive_service.files().update(fileId=multi["id"], media_body=MediaIoBaseUpload(
+        io.BytesIO(b"{}"), "application/json"), fields="md5Checksum,version,size").execute()
+    assert updated["md5Checksum"] == hashlib.md5(b"{}").hexdigest() and int(updated["version"]) > int(multi["version"])
+    assert (drive.requests[-1].method, drive.requests[-1].query["uploadType"]) == ("PATCH", "media")
+    assert drive_service.files().get_media(fileId=multi["id"]).execute() == b"{}"
+
+    with pytest.raises(HttpError) as exc:  # uploads need a visible parent, like metadata creates
+        drive_service.files().create(body={"name": "x", "parents": ["1nope"]},
+                                     media_body=MediaIoBaseUpload(io.BytesIO(b"1"), "text/plain")).execute()
+    assert exc.value.status_code == 404
+    drive.fail_next(500, path_prefix="/upload/")
+    request = drive_service.files().create(media_body=MediaIoBaseUpload(io.BytesIO(b"1"), "text/plain"),
+                                           fields="size")
+    request._sleep = lambda seconds: None
+    assert request.execute(num_retries=1) == {"size": "1"}
+
+
+# --------------------------------------------------------------------------- changes feed
+
+CHANGE_MASK = "nextPageToken,newStartPageToken,changes(fileId,removed,time,file(name,parents,trashed,md5Checksum))"
+
+
+def all_changes(service, token: str, **kwargs) -> tuple[list[dict], list[dict], str]:
+    """Follow nextPageToken until newStartPageToken; returns (changes, pages, new start token)."""
+    changes, pages = [], []
+    while True:
+        page = service.changes().list(pageToken=token, **kwargs).execute()
+        pages.append(page)
+        changes.extend(page.get("changes", []))
+        if "newStartPageToken" in page:
+            assert "nextPageToken" not in page
+            return changes, pages, page["newStartPageToken"]
+        token = page["nextPageToken"]
+
+
+def test_changes_feed_reports_every_mutation_in_order(drive, drive_service):
+    drive.add_file("before.bin", None, b"old")
+    start = drive_service.changes().getStartPageToken().execute()
+    assert start == {"kind": "drive#startPageToken", "startPageToken": start["startPageToken"]}
+    assert start["startPageToken"].isdigit()
+
+    files = drive_service.files()
+    folder = drive.add_folder("CVAT_Models")  # seeding API
+    other = files.create(body={"name": "archive", "mimeType": FOLDER_MIME}).execute()["id"]  # write endpoint
+    fid = files.create(body={"name": "m.json", "parents": [folder]},
+                       media_body=MediaIoBaseUpload(io.BytesIO(b"{}"), "application/json")).execute()["id"]
+    files.update(fileId=fid, body={"name": "model.json"}).execute()
+    files.update(fileId=fid, addParents=other, removeParents=folder).execute()
+    files.update(fileId=fid, media_body=MediaIoBaseUpload(io.BytesIO(b"{1}"), "application/json")).execute()
+    files.update(fileId=fid, body={"trashed": True}).execute()
+    drive.untrash(fid)
+    files.delete(fileId=other).execute()  # removes `other` and `fid`
+    drive.trash(folder)
+
+    changes, pages, new_start = all_changes(drive_service, start["startPageToken"], pageSize=3, fields=CHANGE_MASK)
+    assert len(pages) == 4 and [len(p["changes"]) for p in pages] == [3, 3, 3, 2]
+    seen = [(c["fileId"], c["removed"], c.get("file", {}).get("name"), c.get("file", {}).get("parents"),
+             c.get("file", {}).get("trashed")) for c in changes]
+    assert seen == [
+        (folder, False, "CVAT_Models", [drive.root_id], False),
+        (other, False, "archive", [drive.root_id], False),
+        (fid, False, "m.json", [folder], False),
+        (fid, False, "model.json", [folder], False),
+        (fid, False, "model.json", [other], False),
+        (fid, False, "model.json", [other], False),
+        (fid, False, "model.json", [other], True),  # trash is not removal
+        (fid, False, "model.json", [other], False),
+        (fid, True, None, None, None),  # children first, then the folder
+        (other, True, None, None, None),
+        (folder, False, "CVAT_Models", [drive.root_id], True),
+    ]
+    assert changes[5]["file"]["md5Checksum"] == hashlib.md5(b"{1}").hexdigest()
+    assert "file" not in changes[8] and all(TIME_RE.match(c["time"]) for c in changes)
+    assert [c["time"] for c in changes] == sorted(c["time"] for c in changes)
+
+    caught_up = drive_service.changes().list(pageToken=new_start).execute()
+    assert caught_up == {"kind": "drive#changeList", "newStartPageToken": new_start, "changes": []}
+    assert drive_service.changes().getStartPageToken().execute()["startPageToken"] == new_start
+    default = drive_service.changes().list(pageToken=start["startPageToken"], pageSize=1).execute()
+    assert set(default) == {"kind", "nextPageToken", "changes"}
+    assert set(default["changes"][0]) == {"kind", "changeType", "time", "removed", "fileId", "file"}
+    assert set(default["changes"][0]["file"]) == {"kind", "id", "name", "mimeType"}
+    kept = drive_service.changes().list(pageToken=start["startPageToken"], includeRemoved=False, pageSize=5000,
+                                        fields="newStartPageToken,changes(removed)").execute()
+    assert len(kept["changes"]) == 9 and not any(c["removed"] for c in kept["changes"])
+    assert kept["newStartPageToken"] == new_start
+
+
+def test_changes_flags_tokens_and_errors(drive, drive_service):
+    token = drive_service.changes().getStartPageToken().execute()["startPageToken"]
+    sd = drive.add_shared_drive("Team")
+    team_file = drive.add_file("t.bin", drive.add_folder("f", drive_id=sd), b"t")
+    mine = drive.add_file("m.bin", None, b"m")
+
+    def ids(**kwargs):
+        return [c["fileId"] for c in all_changes(drive_service, token, fields="nextPageToken,newStartPageToken,"
+                                                 "changes(fileId)", **kwargs)[0]]
+
+    assert ids() == [mine]
+    assert ids(supportsAllDrives=True) == [mine]
+    assert ids(supportsAllDrives=True, includeItemsFromAllDrives=True)[1:] == [team_file, mine]
+    assert ids(supportsAllDrives=True, includeItemsFromAllDrives=True, driveId=sd)[1:] == [team_file]
+    assert ids(supportsAllDrives=True, includeItemsFromAllDrives=True, restrictToMyDrive=True) == [mine]
+    page = drive_service.changes().list(pageToken=token, pageSize=1, fields="nextPageToken,changes(fileId)").execute()
+    assert page == {"changes": [{"fileId": mine}]}  # filtered-out entries are skipped, not counted
+
+    for bad in ("garbage", "0", "999999"):
+        with pytest.raises(HttpError) as exc:
+            drive_service.changes().list(pageToken=bad).execute()
+        err = error_of(exc.value)["errors"][0]
+        assert (exc.value.status_code, err["location"]) == (400, "pageToken")
+    for kwargs, status in [({"pageSize": 0}, 400), ({"fields": "changes(etag)"}, 400),
+                           ({"driveId": "0Anope"}, 404)]:
+        with pytest.raises(HttpError) as exc:
+            drive_service.changes().list(pageToken=token, **kwargs).execute()
+        assert exc.value.status_code == status, kwargs
+    resp, content = raw_get(drive, "drive/v3/changes")
+    assert resp.status == 400 and json.loads(content)["error"]["errors"][0]["reason"] == "required"
+    assert drive.start_page_token() == str(len(drive.changes) + 1)

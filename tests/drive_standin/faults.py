@@ -26,6 +26,16 @@ class RecordedRequest:
     status: int | None = None
     fault: str | None = None
     bytes_sent: int = 0
+    bytes_received: int = 0  # request body bytes read
+    body_complete: bool = True  # False when the body fell short of Content-Length
+
+    @property
+    def content_range(self) -> str | None:
+        return self.headers.get("content-range")
+
+    @property
+    def upload_id(self) -> str | None:
+        return self.query.get("upload_id")
 
     @property
     def alt(self) -> str:

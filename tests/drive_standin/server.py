@@ -23,10 +23,24 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import fields as fieldmask
+from .changes import ChangesMixin
 from .errors import DriveError, invalid_param, not_found
 from .faults import Fault, RecordedRequest, RequestLog
 from .query import EvalContext, QueryError, compile_query, tokenize
-from .store import DOC_MIME, FOLDER_MIME, GOOGLE_APPS_PREFIX, SHORTCUT_MIME, Hashes, Item, Revision, Store, rfc3339
+from .store import (
+    DOC_MIME,
+    FOLDER_MIME,
+    GOOGLE_APPS_PREFIX,
+    SHORTCUT_MIME,
+    Hashes,
+    Item,
+    Revision,
+    Store,
+    rfc3339,
+)
+from .wire import Principal, Response, insufficient_scopes, page_size_param
+from .wire import bool_param as _bool_param
+from .writes import WritesMixin
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +48,10 @@ EXPORT_SIZE_LIMIT = 10 * 1024 * 1024
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 JSON_TYPE = "application/json; charset=UTF-8"
-_METADATA_ONLY_SCOPES = {"drive.metadata.readonly", "drive.metadata", "drive.photos.readonly"}
 _AUTH_PREFIX = "https://www.googleapis.com/auth/"
 _SORT_KEYS = {"createdTime", "folder", "modifiedByMeTime", "modifiedTime", "name", "name_natural",
               "quotaBytesUsed", "recency", "sharedWithMeTime", "starred", "viewedByMeTime"}
 _CORPORA = {"user", "domain", "drive", "allDrives"}
-
-
-@dataclass
-class Principal:
-    kind: str  # "token" or "key"
-    scopes: frozenset[str] | None = None
-
-    def can_read_content(self) -> bool:
-        if self.scopes is None:
-            return True
-        return any(s not in _METADATA_ONLY_SCOPES for s in self.scopes)
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: Iterable[bytes]
-    length: int
-    on_sent: object = None  # callable(bytes_sent) after the body went out
 
 
 @dataclass
@@ -75,18 +68,6 @@ class _Quota:
     used_downloads: int = 0
     used_bytes: int = 0
     exhausted: bool = False
-
-
-def _bool_param(query: dict[str, str], name: str, default: bool = False) -> bool:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    low = raw.lower()
-    if low in ("true", "1"):
-        return True
-    if low in ("false", "0"):
-        return False
-    raise invalid_param(name, f"Invalid value '{raw}'. Valid values are: [true, false]")
 
 
 def _natural_key(name: str) -> list[tuple]:
@@ -150,10 +131,12 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- low-level writers used by DriveStandIn -------------------------------------------------
     def send_full(self, resp: Response, rec: RecordedRequest, truncate_after: int | None) -> None:
         rec.status = resp.status
-        self.send_response(resp.status)
+        self.send_response(resp.status, resp.reason)
         for name, value in resp.headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(resp.length))
+        if self.close_connection:  # e.g. after a short request body: tell the client not to reuse it
+            self.send_header("Connection", "close")
         self.end_headers()
         sent = 0
         if self.command != "HEAD":
@@ -189,11 +172,12 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-class DriveStandIn:
+class DriveStandIn(WritesMixin, ChangesMixin):
     """A faithful-enough Drive v3 server for tests. Use as a context manager or start()/stop().
 
-    Seeding is done through Python methods (no upload endpoints). All ids are realistic
-    random ids (pass ``seed`` for reproducible ones).
+    Seed through the Python methods below or through the write and upload endpoints
+    (writes.py); every mutation is reported by the changes feed (changes.py). All ids are
+    realistic random ids (pass ``seed`` for reproducible ones).
     """
 
     def __init__(self, *, seed: int | None = None, gzip_json: bool = True, port: int = 0,
@@ -211,6 +195,7 @@ class DriveStandIn:
         self._faults_lock = threading.Lock()
         self._page_tokens: dict[str, _PageState] = {}
         self._quotas: dict[str, _Quota] = {}
+        self._uploads: dict = {}  # upload_id -> writes.UploadSession
         self._port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -295,22 +280,27 @@ class DriveStandIn:
 
     def add_folder(self, name: str, parent_id: str | None = None, drive_id: str | None = None, **meta) -> str:
         """A folder under ``parent_id`` (None/"root" = My Drive; None + drive_id = that drive's root)."""
-        return self._new_item(name, FOLDER_MIME, parent_id, drive_id, **meta).id
+        with self.store.lock:
+            item = self._new_item(name, FOLDER_MIME, parent_id, drive_id, **meta)
+            self._record_change(item)
+            return item.id
 
     def add_file(self, name: str, parent_id: str | None, data: bytes, mime_type: str = "application/octet-stream",
                  **meta) -> str:
         """A binary file kept in memory; md5/sha1/sha256, size and headRevisionId are computed."""
-        item = self._new_item(name, mime_type, parent_id, None, **meta)
         with self.store.lock:
+            item = self._new_item(name, mime_type, parent_id, None, **meta)
             self._set_content(item, bytes(data), None)
+            self._record_change(item)
         return item.id
 
     def add_file_from_path(self, name: str, parent_id: str | None, path: str | Path,
                            mime_type: str = "application/octet-stream", **meta) -> str:
         """A binary file streamed from disk when downloaded (for large fixtures)."""
-        item = self._new_item(name, mime_type, parent_id, None, **meta)
         with self.store.lock:
+            item = self._new_item(name, mime_type, parent_id, None, **meta)
             self._set_content(item, None, Path(path))
+            self._record_change(item)
         return item.id
 
     def add_google_doc(self, name: str, parent_id: str | None, mime_type: str = DOC_MIME,
@@ -319,8 +309,10 @@ class DriveStandIn:
         exportable to the MIME types in ``exports``."""
         if not mime_type.startswith(GOOGLE_APPS_PREFIX) or mime_type in (FOLDER_MIME, SHORTCUT_MIME):
             raise ValueError(f"{mime_type} is not a Google-native document type")
-        item = self._new_item(name, mime_type, parent_id, None, **meta)
-        item.export_data = dict(exports or {})
+        with self.store.lock:
+            item = self._new_item(name, mime_type, parent_id, None, **meta)
+            item.export_data = dict(exports or {})
+            self._record_change(item)
         return item.id
 
     def add_shortcut(self, name: str, parent_id: str | None, target_id: str, **meta) -> str:
@@ -331,6 +323,7 @@ class DriveStandIn:
             item.shortcut_target = target.id
             item.shortcut_target_mime = target.mime_type
             item.shortcut_target_resource_key = target.resource_key
+            self._record_change(item)
             return item.id
 
     def add_shared_drive(self, name: str) -> str:
@@ -364,6 +357,7 @@ class DriveStandIn:
                 raise ValueError("cannot set binary content on a folder/shortcut/Google doc")
             self._set_content(item, None if data is None else bytes(data), None if path is None else Path(path),
                               modified_time)
+            self._record_change(item)
 
     def set_metadata(self, file_id: str, *, name: str | None = None, modified_time=None,
                      starred: bool | None = None, description: str | None = None,
@@ -378,6 +372,7 @@ class DriveStandIn:
                 if value is not None:
                     setattr(item, attr, value)
             self.store.touch(item, modified_time)
+            self._record_change(item)
 
     def move(self, file_id: str, new_parent_id: str) -> None:
         with self.store.lock:
@@ -386,6 +381,7 @@ class DriveStandIn:
                 raise ValueError("new parent is not a folder")
             item.parent, item.drive_id = parent.id, parent.drive_id
             self.store.touch(item)
+            self._record_change(item)
 
     def trash(self, file_id: str) -> None:
         """Trash an item (its descendants then report ``trashed: true`` too)."""
@@ -394,26 +390,18 @@ class DriveStandIn:
             item.explicitly_trashed = True
             item.trashed_time = self.store.tick()
             self.store.touch(item)
+            self._record_change(item)
 
     def untrash(self, file_id: str) -> None:
         with self.store.lock:
             item = self.store.require(file_id)
             item.explicitly_trashed, item.trashed_time = False, None
             self.store.touch(item)
+            self._record_change(item)
 
     def delete(self, file_id: str) -> None:
         """Permanently remove an item and its descendants (shortcuts to it become dangling)."""
-        with self.store.lock:
-            doomed = {self.store.require(file_id).id}
-            changed = True
-            while changed:
-                changed = False
-                for item in self.store.items.values():
-                    if item.parent in doomed and item.id not in doomed:
-                        doomed.add(item.id)
-                        changed = True
-            for item_id in doomed:
-                self.store.items.pop(item_id, None)
+        self._delete_tree(file_id)
 
     def share_with_anyone(self, file_id: str, *, resource_key: bool = False) -> str | None:
         """Mark an item "anyone with the link" (served in API-key mode). Optionally give it a
@@ -425,6 +413,7 @@ class DriveStandIn:
                 item.resource_key = item.resource_key or self.store.new_resource_key()
                 item.resource_key_required = True
             self.store.touch(item)
+            self._record_change(item)
             return item.resource_key
 
     def flag_abusive(self, file_id: str, *, owner_can_acknowledge: bool = True) -> None:
@@ -522,17 +511,24 @@ class DriveStandIn:
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         headers = {k.lower(): v for k, v in h.headers.items()}
         length = int(headers.get("content-length") or 0)
-        body = h.rfile.read(length) if length > 0 else b""
+        is_upload = path.startswith("/upload/")
+        body, complete = self._read_body(h, length, self.upload_body_timeout if is_upload else None)
         method = h.command
         override = headers.get("x-http-method-override")
         if method == "POST" and override:
             method = override.upper()
             if "application/x-www-form-urlencoded" in headers.get("content-type", "") and body:
                 query.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
-        m = re.match(r"^/drive/v3/files/([^/]+)", path)
+        m = re.match(r"^(?:/upload)?/drive/v3/files/([^/]+)", path)
+        file_id = unquote(m.group(1)) if m else None
+        if file_id is None and is_upload and query.get("upload_id"):
+            sess = self._uploads.get(query["upload_id"])
+            file_id = sess.file_id if sess is not None else None
         rec = RecordedRequest(method=method, path=path, query=query, headers=headers, raw_method=h.command,
-                              file_id=unquote(m.group(1)) if m else None)
+                              file_id=file_id, bytes_received=len(body), body_complete=complete)
         self.requests.record(rec)
+        if not complete:
+            h.close_connection = True  # the stream is out of step with the framing now
 
         truncate_after = None
         fault = self._take_fault(rec)
@@ -546,6 +542,18 @@ class DriveStandIn:
                 if self._stopping.wait(fault.delay):
                     h.abort(rst=False)
                     return
+            elif fault.kind == "truncate" and is_upload and method in ("PUT", "POST", "PATCH"):
+                # The request body is cut instead: the server keeps the first bytes of a chunk
+                # (a resumable session persists them) and the connection dies without an answer.
+                body = body[:fault.truncate_after]
+                rec.bytes_received = len(body)
+                if query.get("upload_id"):
+                    try:
+                        self._upload_chunk(query["upload_id"], headers, body)
+                    except DriveError as err:
+                        log.debug("truncated chunk refused: %s", err)
+                h.abort(rst=True)
+                return
             elif fault.kind == "truncate":
                 truncate_after = fault.truncate_after
             elif fault.kind == "status":
@@ -562,13 +570,41 @@ class DriveStandIn:
             if path == "/token":
                 resp = self._token(method, body, headers)
             else:
-                resp = self._route(method, path, query, headers)
+                resp = self._route(method, path, query, headers, body)
         except DriveError as err:
             resp = self._error_response(err, headers)
         except Exception:  # a stand-in bug: make it loud but well-formed
             log.exception("stand-in failure on %s %s", method, h.path)
             resp = self._error_response(DriveError(500, "backendError"), headers)
         h.send_full(resp, rec, truncate_after)
+
+    @staticmethod
+    def _read_body(h: _Handler, length: int, timeout: float | None) -> tuple[bytes, bool]:
+        """Read up to ``length`` body bytes. With ``timeout``, a sender that stalls that long
+        ends the body early (the Python client re-sends an exhausted stream slice as an empty
+        body when it retries a chunk itself); returns (bytes, complete)."""
+        if length <= 0:
+            return b"", True
+        if timeout is None:
+            data = h.rfile.read(length)
+            return data, len(data) == length
+        parts, got = [], 0
+        h.connection.settimeout(timeout)
+        try:
+            while got < length:
+                piece = h.rfile.read1(min(1 << 20, length - got))
+                if not piece:
+                    break
+                parts.append(piece)
+                got += len(piece)
+        except (TimeoutError, OSError) as exc:
+            log.debug("request body stalled after %d of %d bytes: %s", got, length, exc)
+        finally:
+            try:
+                h.connection.settimeout(h.timeout)
+            except OSError:
+                pass
+        return b"".join(parts), got == length
 
     def _json_response(self, status: int, payload: dict, req_headers: dict, query: dict | None = None,
                        extra: dict | None = None) -> Response:
@@ -586,21 +622,36 @@ class DriveStandIn:
             extra.setdefault("WWW-Authenticate", 'Bearer realm="https://accounts.google.com/"')
         return self._json_response(err.code, err.body(), req_headers, extra=extra)
 
-    def _route(self, method: str, path: str, query: dict, headers: dict) -> Response:
-        if method not in ("GET", "HEAD"):
-            raise DriveError(501, "notImplemented", f"The Drive stand-in is read-only ({method} {path}).")
+    def _route(self, method: str, path: str, query: dict, headers: dict, body: bytes = b"") -> Response:
+        if path.startswith("/upload/"):
+            return self._upload_route(method, path, query, headers, body)
+        m = re.match(r"^/drive/v3/files/([^/]+)(/export|/revisions/([^/]+))?$", path)
+        known = path in ("/drive/v3/files", "/drive/v3/changes", "/drive/v3/changes/startPageToken") or m
+        if not known:
+            raise DriveError(404, "notFound", "Not Found")
+        writes = {("POST", "/drive/v3/files"), ("PATCH", "file"), ("DELETE", "file")}
+        kind = "file" if m and m.group(2) is None else path
+        if method not in ("GET", "HEAD") and (method, kind) not in writes:
+            raise DriveError(501, "notImplemented", f"The Drive stand-in has no {method} {path}.")
         principal = self._authorize(query, headers)
         if path == "/drive/v3/files":
+            if method == "POST":
+                return self._files_create(body, query, headers, principal)
             return self._files_list(query, headers, principal)
-        m = re.match(r"^/drive/v3/files/([^/]+)(/export|/revisions/([^/]+))?$", path)
-        if m:
-            file_id = unquote(m.group(1))
-            if m.group(2) == "/export":
-                return self._files_export(file_id, query, headers, principal)
-            if m.group(3) is not None:
-                return self._revision_get(file_id, unquote(m.group(3)), query, headers, principal)
-            return self._files_get(file_id, query, headers, principal)
-        raise DriveError(404, "notFound", "Not Found")
+        if path == "/drive/v3/changes":
+            return self._changes_list(query, headers, principal)
+        if path == "/drive/v3/changes/startPageToken":
+            return self._changes_start_token(query, headers, principal)
+        file_id = unquote(m.group(1))
+        if m.group(2) == "/export":
+            return self._files_export(file_id, query, headers, principal)
+        if m.group(3) is not None:
+            return self._revision_get(file_id, unquote(m.group(3)), query, headers, principal)
+        if method == "PATCH":
+            return self._files_update(file_id, body, query, headers, principal)
+        if method == "DELETE":
+            return self._files_delete(file_id, query, headers, principal)
+        return self._files_get(file_id, query, headers, principal)
 
     # ---- auth -------------------------------------------------------------------------------
     _JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -778,10 +829,7 @@ class DriveStandIn:
         if not item.has_binary:
             raise DriveError(403, "fileNotDownloadable")
         if not principal.can_read_content():
-            raise DriveError(403, "insufficientPermissions", status="PERMISSION_DENIED", details=[{
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
-                "domain": "googleapis.com",
-                "metadata": {"service": "drive.googleapis.com", "method": "google.apps.drive.v3.DriveFiles.Get"}}])
+            raise insufficient_scopes("DriveFiles.Get")
         if item.abusive:
             if not ack:
                 raise DriveError(403, "cannotDownloadAbusiveFile")
@@ -897,19 +945,7 @@ class DriveStandIn:
     # ---- files.list -------------------------------------------------------------------------
     def _files_list(self, query: dict, headers: dict, principal: Principal) -> Response:
         tree = self._fields_tree(query, "FileList")
-        raw_size = query.get("pageSize")
-        if raw_size is None or raw_size == "":
-            page_size = DEFAULT_PAGE_SIZE
-        else:
-            try:
-                page_size = int(raw_size)
-            except ValueError:
-                raise invalid_param("pageSize", f"Invalid value '{raw_size}'. Values must be within the range: "
-                                    "[1, 1000]") from None
-            if page_size < 1:
-                raise invalid_param("pageSize", f"Invalid value '{raw_size}'. Values must be within the range: "
-                                    "[1, 1000]")
-            page_size = min(page_size, MAX_PAGE_SIZE)
+        page_size = page_size_param(query, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         supports = _bool_param(query, "supportsAllDrives") or _bool_param(query, "supportsTeamDrives")
         include = _bool_param(query, "includeItemsFromAllDrives") or _bool_param(query, "includeTeamDriveItems")
         drive_id = query.get("driveId") or query.get("teamDriveId") or None

@@ -87,6 +87,19 @@ class Revision:
 
 
 @dataclass
+class Change:
+    """One entry of the changes feed (shared/reference/gdrive.md §1.8): the item as it was
+    right after the mutation (``file`` is the full rendered resource; None when removed)."""
+
+    token: int
+    file_id: str
+    removed: bool
+    time: datetime
+    drive_id: str | None
+    file: dict | None
+
+
+@dataclass
 class Item:
     """One Drive item (file, folder, shortcut, Google-native doc, or a root folder)."""
 
@@ -176,6 +189,7 @@ class Store:
         self.rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
         self.items: dict[str, Item] = {}
         self.drives: dict[str, str] = {}  # shared drive id -> name
+        self.changes: list[Change] = []  # changes[i].token == i + 1
         self.owner_email = owner_email
         self.permission_id = "".join(self.rng.choice(string.digits) for _ in range(20))
         self._seq = 0
@@ -225,6 +239,22 @@ class Store:
             now = self._last_time + timedelta(milliseconds=1)
         self._last_time = now
         return now
+
+    @property
+    def next_change_token(self) -> int:
+        return len(self.changes) + 1
+
+    def descendants(self, item_id: str) -> list[str]:
+        """``item_id`` and everything below it, parents before children."""
+        order, seen = [item_id], {item_id}
+        i = 0
+        while i < len(order):
+            for child in self.items.values():
+                if child.parent == order[i] and child.id not in seen:
+                    seen.add(child.id)
+                    order.append(child.id)
+            i += 1
+        return order
 
     # ---- lookups ---------------------------------------------------------------------------
     def resolve_alias(self, file_id: str) -> str:
