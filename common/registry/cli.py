@@ -1,0 +1,358 @@
+"""``cvat-registry`` (``python -m common.registry.cli``): the registry from the command line.
+
+The same commands on a local registry and on Google Drive. The registry is
+``--registry SPEC`` or ``MODEL_REGISTRY`` (``local:<folder>``, a folder path,
+``gdrive:<root folder name>``, ``gdrive-id:<folder id>``); Drive credentials
+come from the environment as the runner's do (common/registry/drive_auth.py),
+``DRIVE_ROOT_URL`` included. ``push`` and ``remove`` ask for the full ``drive``
+scope (an API key can only read).
+
+=====================================================  =====================================================
+``list [--search T] [--framework F] [--type T]``       current version of every model (``--tag`` repeatable,
+``     [--tag TAG] [--json]``                          every tag must match; search: name/display
+                                                       name/description, any case)
+``show NAME [--version V] [--json]``                   one model version: metadata, files, all versions
+``validate PATH``                                      check a local model folder (nothing is sent)
+``push PATH``                                          validate, then add the model, or a new version of it
+``pull NAME [--version V] DEST``                       download a version's files and model.json into DEST
+``versions NAME``                                      every version, current first
+``remove NAME``                                        Drive: to the trash; local: into <root>/.trash/
+=====================================================  =====================================================
+
+Exit status: 0 done, 1 the request failed (one line on stderr, ``cvat-registry:
+error: ...``; validate lists one problem per line), 2 bad usage. Progress of
+copies and uploads is logged on stderr (``--quiet`` hides it, ``-v`` shows more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common.errors import ModelConfigError, PackError
+from common.registry import ModelRecord, Registry
+from common.registry.writer import (DRIVE_WRITE_SCOPE, MODEL_JSON, FolderInvalid, PushError, validate_folder,
+                                    writer_for)
+
+PROG = "cvat-registry"
+REGISTRY_SETTING = "MODEL_REGISTRY"
+
+
+class UserError(PackError):
+    """A request the tool cannot carry out: exit 1 with the message."""
+
+
+# --------------------------------------------------------------------- opening the registry
+
+def open_registry(spec: str, env: Mapping[str, str], *, write: bool = False) -> Registry:
+    """The registry ``spec`` names (MODEL_REGISTRY's forms); ``write`` asks Drive for the drive scope."""
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in ("gdrive", "gdrive-id"):
+        return _open_drive(kind, rest.strip(), env, write)
+    from common.registry.local import LocalRegistry
+
+    root = rest if sep and kind == "local" else spec
+    if not Path(root).is_dir():
+        raise UserError(f"registry folder {root} does not exist")
+    return LocalRegistry(root)
+
+
+def _open_drive(kind: str, where: str, env: Mapping[str, str], write: bool) -> Registry:
+    from common.registry.drive_auth import drive_credentials
+    from common.registry.gdrive import DEFAULT_ROOT_NAME, ROOT_URL_SETTING, DriveRegistry, build_service
+
+    if kind == "gdrive-id" and not where:
+        raise UserError("gdrive-id: needs the registry folder's Drive id")
+    credentials, api_key = drive_credentials(env)
+    if write:
+        if credentials is None:
+            raise UserError("an API key can only read the registry; push and remove need a service account key "
+                            "(GOOGLE_DRIVE_SERVICE_ACCOUNT_KEY) or GOOGLE_DRIVE_USE_ADC=1 with write access")
+        if hasattr(credentials, "with_scopes"):
+            credentials = credentials.with_scopes([DRIVE_WRITE_SCOPE])
+    try:
+        service = build_service(env.get(ROOT_URL_SETTING, "").strip() or None, credentials, api_key=api_key)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if kind == "gdrive-id":
+        return DriveRegistry(service, root_id=where)
+    return DriveRegistry(service, where or DEFAULT_ROOT_NAME)
+
+
+# --------------------------------------------------------------------- output helpers
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def _tags(record: ModelRecord) -> list[str]:
+    tags = record.manifest.raw.get("tags") or []
+    return [str(t) for t in tags] if isinstance(tags, list) else []
+
+
+def _summary(record: ModelRecord) -> dict[str, Any]:
+    m = record.manifest
+    return {"name": m.name, "folder": record.folder, "version": m.version, "framework": m.framework,
+            "type": m.type, "display_name": m.display_name, "description": m.description, "tags": _tags(record),
+            "file_name": m.file_name, "size": sum(f.size for f in record.files)}
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+# --------------------------------------------------------------------- commands
+
+def cmd_list(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    listing = _registry(args, env).list_models()
+    needle = (args.search or "").lower()
+    rows = []
+    for r in sorted(listing.models, key=lambda r: r.manifest.name):
+        m = r.manifest
+        if needle and not any(needle in s.lower() for s in (m.name, r.folder, m.display_name, m.description)):
+            continue
+        if args.framework and m.framework != args.framework:
+            continue
+        if args.type and m.type != args.type:
+            continue
+        if args.tag and not set(args.tag) <= set(_tags(r)):
+            continue
+        rows.append(r)
+    for e in listing.errors:
+        _err(f"{PROG}: warning: skipped folder {e.folder}: {e.error}")
+    if args.json:
+        doc = {"models": [_summary(r) for r in rows],
+               "errors": [{"folder": e.folder, "error": e.error} for e in listing.errors],
+               "total_folders": listing.total_folders}
+        _out(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    if not rows:
+        _out("no models found")
+        return 0
+    table = [["NAME", "VERSION", "FRAMEWORK", "TYPE", "TAGS", "DISPLAY NAME"]]
+    table += [[r.manifest.name, r.version, r.manifest.framework, r.manifest.type, ",".join(_tags(r)),
+               r.manifest.display_name] for r in rows]
+    for line in _table(table):
+        _out(line)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    registry = _registry(args, env)
+    record = registry.resolve(args.name, args.version)
+    versions = registry.versions(args.name)
+    if args.json:
+        doc = _summary(record) | {"current": record.current, "versions": versions,
+                                  "files": [{"path": f.path, "size": f.size, "sha256": f.sha256, "md5": f.md5}
+                                            for f in record.files]}
+        _out(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    m = record.manifest
+    lines = [("name", m.name), ("folder", record.folder),
+             ("version", m.version + ("" if record.current else " (previous version)")),
+             ("display name", m.display_name), ("framework", m.framework), ("type", m.type),
+             ("description", m.description or "-"), ("tags", ", ".join(_tags(record)) or "-"),
+             ("labels", str(len(m.labels))), ("versions", ", ".join(versions))]
+    for key, value in lines:
+        _out(f"{key + ':':<14}{value}")
+    _out("files:")
+    for f in record.files:
+        digest = f"sha256 {f.sha256}" if f.sha256 else f"md5 {f.md5}"
+        _out(f"  {f.path}  {f.size} bytes  {digest}")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    versions = _registry(args, env).versions(args.name)
+    for i, v in enumerate(versions):
+        _out(f"{v}  (current)" if i == 0 else v)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    folder = validate_folder(args.path)
+    m = folder.manifest
+    _out(f"ok: {args.path}: {m.name} {m.version} ({m.framework} {m.type}), {len(folder.files)} files, "
+         f"{folder.total_bytes} bytes")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    folder = validate_folder(args.path)  # before anything is opened: a bad folder needs no credentials
+    result = writer_for(_registry(args, env, write=True)).push(folder)
+    _out(f"pushed {result.name} {result.version}: {result.files} files, {result.bytes} bytes")
+    if result.previous:
+        _out(f"previous version {result.previous} moved to {result.name}/previous_versions/v{result.previous}/")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    registry = _registry(args, env, write=True)
+    record = registry.resolve(args.name)
+    where = writer_for(registry).remove(args.name)
+    _out(f"removed {record.folder} (moved to {where})")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    registry = _registry(args, env)
+    record = registry.resolve(args.name, args.version)
+    dest = Path(args.dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserError(f"{dest} exists and is not an empty folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in record.files:
+        target = dest / f.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _fetch_checked(registry, f, target)
+    (dest / MODEL_JSON).write_text(json.dumps(dict(record.manifest.raw), indent=2) + "\n", encoding="utf-8")
+    _out(f"pulled {record.manifest.name} {record.version} into {dest}: {len(record.files) + 1} files, "
+         f"{sum(f.size for f in record.files)} bytes")
+    return 0
+
+
+class _HashingSink:
+    def __init__(self, raw: Any):
+        self.raw, self.md5, self.sha256, self.size = raw, hashlib.md5(), hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.md5.update(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+
+def _fetch_checked(registry: Registry, f: Any, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".pull-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            sink = _HashingSink(raw)
+            registry.fetch(f, sink)
+        bad = (sink.size != f.size or (f.sha256 and sink.sha256.hexdigest() != f.sha256.lower())
+               or (f.md5 and sink.md5.hexdigest() != f.md5.lower()))
+        if bad:
+            raise UserError(f"{f.path}: the downloaded bytes do not match the registry's size or checksum")
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _registry(args: argparse.Namespace, env: Mapping[str, str], write: bool = False) -> Registry:
+    spec = args.registry or env.get(REGISTRY_SETTING, "").strip()
+    if not spec:
+        raise UserError(f"no registry: give --registry or set {REGISTRY_SETTING} "
+                        f"(local:<folder>, gdrive:<folder name>, gdrive-id:<folder id>)")
+    return open_registry(spec, env, write=write)
+
+
+# --------------------------------------------------------------------- entry point
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Browse and manage the CVAT model registry.")
+    parser.add_argument("--registry", metavar="SPEC",
+                        help=f"local:<folder>, gdrive:<folder name> or gdrive-id:<id> (default: ${REGISTRY_SETTING})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is done")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list models (current versions)")
+    p.add_argument("--search", metavar="TEXT", help="in name, display name and description (any case)")
+    p.add_argument("--framework", metavar="F")
+    p.add_argument("--type", metavar="T")
+    p.add_argument("--tag", metavar="TAG", action="append", help="repeatable; every tag must match")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="one model's details")
+    p.add_argument("name")
+    p.add_argument("--version", metavar="V")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("validate", help="check a local model folder")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("push", help="add a model, or a new version of one")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("pull", help="download a model version into a folder")
+    p.add_argument("name")
+    p.add_argument("--version", metavar="V")
+    p.add_argument("dest")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("versions", help="a model's versions, current first")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("remove", help="Drive: move to the trash; local: move into .trash/")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_remove)
+    return parser
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> Any:
+    """Send the pack's logs to stderr for this run; returns the undo (main restores the
+    loggers as they were, so an embedding process or a test keeps its own setup)."""
+    common = logging.getLogger("common")
+    progress = logging.getLogger("common.registry.progress")
+    saved = (common.level, common.propagate, progress.level)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    common.addHandler(handler)
+    common.setLevel(logging.INFO if verbose else logging.ERROR)
+    common.propagate = False
+    progress.setLevel(logging.WARNING if quiet else logging.INFO)
+
+    def restore() -> None:
+        common.removeHandler(handler)
+        common.setLevel(saved[0])
+        common.propagate = saved[1]
+        progress.setLevel(saved[2])
+
+    return restore
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # exits 2 on bad usage
+    restore = _setup_logging(args.verbose, args.quiet)
+    env = os.environ if env is None else env
+    try:
+        return args.func(args, env)
+    except FolderInvalid as exc:
+        _err(f"{PROG}: error: {args.path}: not a valid model folder")
+        for problem in exc.problems:
+            _err(f"  {problem}")
+        return 1
+    except (PackError, OSError) as exc:
+        text = str(exc) if not isinstance(exc, OSError) else f"{exc.filename or ''}: {exc.strerror or exc}"
+        _err(f"{PROG}: error: {' '.join(text.split())}")
+        return 1
+    except KeyboardInterrupt:
+        _err(f"{PROG}: interrupted")
+        return 130
+    finally:
+        restore()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
