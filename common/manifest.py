@@ -132,6 +132,15 @@ class RuntimeSpec:
 
 
 @dataclass(frozen=True)
+class DriveOptions:
+    """How the Google Drive registry downloads the model's files (other registries
+    ignore it). ``acknowledge_abuse``: download a file Drive has flagged as malware
+    or spam anyway (Drive's ``acknowledgeAbuse=true``)."""
+
+    acknowledge_abuse: bool = False
+
+
+@dataclass(frozen=True)
 class ModelManifest:
     name: str
     version: str  # semantic version "X.Y.Z"
@@ -146,6 +155,7 @@ class ModelManifest:
     labels: tuple[Label, ...] = ()
     label_id_offset: int = 0  # id of the first plain-string label (1 when class 0 is background)
     extra_files: tuple[str, ...] = ()  # e.g. an OpenVINO .bin; folders allowed (SavedModel)
+    drive: DriveOptions = field(default_factory=DriveOptions)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def label_by_id(self) -> dict[int, Label]:
@@ -814,6 +824,7 @@ def _build(data: Mapping[str, Any], source: str) -> ModelManifest:
                      for _, ident, _, item in _label_entries(data.get("labels", []), offset)),
         label_id_offset=offset,
         extra_files=tuple(extra_files),
+        drive=DriveOptions(acknowledge_abuse=bool(data.get("drive", {}).get("acknowledge_abuse", False))),
         raw=MappingProxyType(copy.deepcopy(dict(data))),
     )
 

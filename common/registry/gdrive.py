@@ -3,7 +3,8 @@
 Same layout and same answers as :class:`~common.registry.local.LocalRegistry`
 (see :mod:`common.registry`); files are described by Drive's own ``size``,
 ``md5Checksum`` and ``sha256Checksum`` (when Drive has one), and their locator
-is the Drive file id.
+is the Drive file id, followed by ``#acknowledgeAbuse`` for a model whose
+model.json opts in with ``"drive": {"acknowledge_abuse": true}``.
 
 Requests. Every call sends ``supportsAllDrives``; every list also sends
 ``includeItemsFromAllDrives``, ``trashed = false``, ``pageSize=1000`` and a
@@ -50,7 +51,11 @@ request starts at exactly the first missing byte, after an exponential backoff
 with jitter (429, 5xx and 403 rate-limit reasons are retried the same way);
 ``retries`` failures in a row give up. A 401 refreshes the credentials once and
 asks again. downloadQuotaExceeded, cannotDownloadAbusiveFile,
-fileNotDownloadable and notFound are never retried. Zero-byte files are read
+fileNotDownloadable and notFound are never retried, with one exception: a
+file of a model that opts in (``#acknowledgeAbuse`` locator) answered with
+cannotDownloadAbusiveFile is asked again once with ``acknowledgeAbuse=true``,
+and that download keeps sending it (never before: Drive refuses the parameter,
+invalidAbuseAcknowledgment, on a file it has not flagged). Zero-byte files are read
 without a Range header (Drive answers every range on them with 416). An HTML
 page where bytes were expected (sign-in, quota or virus-scan interstitials) is
 refused. Proxies from the environment (which httplib2 would honour) are not
@@ -76,7 +81,7 @@ import urllib.request
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
@@ -124,6 +129,7 @@ MAX_SHORTCUT_HOPS = 8  # shortcut -> shortcut -> ... (Drive forbids it, but neve
 MAX_DEPTH = 32  # folder levels below a version folder that extra_files may reach
 MAX_PAGES = 10_000  # of one query; a guard against a token that never ends
 MANIFEST_CACHE_FILE = "gdrive-manifests.json"
+ACKNOWLEDGE_ABUSE = "#acknowledgeAbuse"  # locator suffix: model.json's drive.acknowledge_abuse
 
 _RATE_REASONS = frozenset({"userRateLimitExceeded", "rateLimitExceeded"})
 _REASON_TEXT = {
@@ -457,7 +463,10 @@ class DriveRegistry(Registry):
         return [current.version] + [v for v in ordered if v != current.version]
 
     def fetch(self, file: RemoteFile, sink: BinaryIO) -> None:
-        self._download(file.locator, file.size, file.path, sink)
+        file_id, mark, option = file.locator.partition("#")
+        if mark and mark + option != ACKNOWLEDGE_ABUSE:
+            raise RegistryError(f"{file.path}: {file.locator!r} is not a Drive file locator")
+        self._download(file_id, file.size, file.path, sink, acknowledge_abuse=bool(mark))
 
     # ================================================================ Drive calls
 
@@ -514,9 +523,9 @@ class DriveRegistry(Registry):
         log.info("%s: %s; retry %d of %d in %.2f s", what, why, failures, self.retries - 1, delay)
         self._sleep(delay)
 
-    def _error(self, status: int, reason: str, message: str, what: str) -> RegistryError:
+    def _error(self, status: int, reason: str, message: str, what: str, hint: str = "") -> RegistryError:
         explained = _REASON_TEXT.get(reason, message or "no explanation given")
-        text = f"{what}: Drive answered {status} {reason or 'error'}: {explained}"
+        text = f"{what}: Drive answered {status} {reason or 'error'}: {explained}{hint}"
         error = ModelNotFound(text) if status == 404 or reason == "notFound" else RegistryError(text)
         error.drive_status, error.drive_reason = status, reason  # type: ignore[attr-defined]
         return error
@@ -876,6 +885,8 @@ class DriveRegistry(Registry):
                 raise
         if needs:
             raise _Need(needs.folders, needs.targets)
+        if manifest.drive.acknowledge_abuse:  # the opt-in travels with each file, in its locator
+            files = [replace(f, locator=f.locator + ACKNOWLEDGE_ABUSE) for f in files]
         return ModelRecord(folder=folder.name, manifest=manifest, files=tuple(files), current=current)
 
     def _describe(self, session: _Session, vdir_id: str, rel: str, may_be_folder: bool) -> list[RemoteFile]:
@@ -960,21 +971,32 @@ class DriveRegistry(Registry):
 
     # ================================================================ downloads
 
-    def _download(self, file_id: str, size: int, label: str, sink: BinaryIO) -> None:
+    def _download(self, file_id: str, size: int, label: str, sink: BinaryIO, *,
+                  acknowledge_abuse: bool | None = None) -> None:
         """Write the bytes of Drive file ``file_id`` into ``sink``, ranged, streamed and resumed.
-        ``size`` < 0: unknown (read it from the first answer)."""
+        ``size`` < 0: unknown (read it from the first answer). ``acknowledge_abuse``: the
+        model opted in to downloading a file Drive flagged (True), did not (False), or the
+        file is no model file (None: model.json, which no option covers)."""
         what = f"downloading {label} (Drive file {file_id})"
-        request = self._service.files().get_media(fileId=file_id, supportsAllDrives=True)
+        files = self._service.files()
+        request = files.get_media(fileId=file_id, supportsAllDrives=True)
         base = {k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "accept-encoding")}
+        ack_uri = (files.get_media(fileId=file_id, supportsAllDrives=True, acknowledgeAbuse=True).uri
+                   if acknowledge_abuse else None)
         media = _MediaHttp(request.http)
         try:
-            self._stream(media, request.uri, base, size, what, sink)
+            self._stream(media, request.uri, base, size, what, sink, ack_uri=ack_uri,
+                         abuse_hint=acknowledge_abuse is False)
         finally:
             media.close()
 
     def _stream(self, media: _MediaHttp, uri: str, base: dict[str, str], size: int, what: str,
-                sink: BinaryIO) -> None:
+                sink: BinaryIO, *, ack_uri: str | None = None, abuse_hint: bool = False) -> None:
+        """``ack_uri``: the same request with acknowledgeAbuse=true, used from the first
+        cannotDownloadAbusiveFile on (the model opted in); ``abuse_hint``: that refusal
+        tells how to opt in."""
         pos, failures, total, refreshed = 0, 0, size, False
+        acking, ack_tried = False, False
         while True:
             headers = dict(base, **{"accept-encoding": "identity"})
             ranged = total != 0  # every range on a zero-byte file is a 416: ask for it plainly
@@ -984,7 +1006,7 @@ class DriveRegistry(Registry):
                     end = min(end, total - 1)
                 headers["range"] = f"bytes={pos}-{end}"
             try:
-                resp = media.get(uri, headers)
+                resp = media.get(ack_uri if acking else uri, headers)
                 status = resp.status
                 rhead = {k.lower(): v for k, v in resp.getheaders()}
                 if status == 206:
@@ -1066,7 +1088,24 @@ class DriveRegistry(Registry):
                 failures += 1
                 self._backoff(failures, what, f"{status} {reason}".strip(), rhead)
                 continue
-            raise self._error(status, reason, message, what)
+            if status == 403 and reason == "cannotDownloadAbusiveFile" and ack_uri and not ack_tried:
+                log.warning("%s: Drive flagged the file as malware or spam; asking again with acknowledgeAbuse=true "
+                            "(model.json opts in with drive.acknowledge_abuse)", what)
+                acking = ack_tried = True
+                continue
+            if status == 403 and reason == "invalidAbuseAcknowledgment" and acking:
+                log.info("%s: Drive no longer flags the file; asking without acknowledgeAbuse", what)
+                acking = False  # ack_tried stays set: never switched back again
+                continue
+            hint = ""
+            if reason == "cannotDownloadAbusiveFile" and acking:
+                hint = (f"; refused even with acknowledgeAbuse=true (model.json's drive.acknowledge_abuse): "
+                        f"Drive accepts that only from the file's owner or an organizer of its shared drive "
+                        f"({message or 'no explanation given'})")
+            elif reason == "cannotDownloadAbusiveFile" and abuse_hint:
+                hint = ('; if you trust the file, add "drive": {"acknowledge_abuse": true} to the model\'s '
+                        'model.json (docs/model-json.md)')
+            raise self._error(status, reason, message, what, hint)
 
     def _pump(self, resp: http.client.HTTPResponse, want: int | None, skip: int, check_html: bool,
               headers: dict[str, str], what: str, sink: BinaryIO) -> Iterable[int]:
