@@ -17,7 +17,7 @@ import pytest
 
 from common.registry import cli
 from common.registry.local import LocalRegistry
-from common.registry.writer import LocalWriter, PushError, copy_with_progress, validate_folder
+from common.registry.writer import LocalWriter, PushError, copy_with_progress
 from tests.conftest import model_json, registry_tree, write_model
 
 SKIPPED = [

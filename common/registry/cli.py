@@ -37,9 +37,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.errors import ModelConfigError, PackError
+from common.errors import PackError
 from common.registry import ModelRecord, Registry
-from common.registry.writer import (DRIVE_WRITE_SCOPE, MODEL_JSON, FolderInvalid, PushError, validate_folder,
+from common.registry.writer import (DRIVE_WRITE_SCOPE, MODEL_JSON, FolderInvalid, validate_folder,
                                     writer_for)
 
 PROG = "cvat-registry"

@@ -174,11 +174,15 @@ def build_service(root_url: str | None, credentials: Any, *, timeout: float = DE
         doc["rootUrl"] = base
         doc["baseUrl"] = base + doc["servicePath"]
         doc["mtlsRootUrl"] = base
+    plain = httplib2.Http(timeout=timeout)
+    # Drive answers an unfinished resumable upload with 308 Resume Incomplete, which
+    # httplib2 would follow as a redirect (googleapiclient's own build_http drops it too).
+    plain.redirect_codes = set(plain.redirect_codes) - {308}
     if credentials is None:
-        return build_from_document(doc, http=httplib2.Http(timeout=timeout), developerKey=api_key)
+        return build_from_document(doc, http=plain, developerKey=api_key)
     import google_auth_httplib2  # imported here: only the Drive backend needs it
 
-    http_ = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
+    http_ = google_auth_httplib2.AuthorizedHttp(credentials, http=plain)
     return build_from_document(doc, http=http_, developerKey=api_key or None)
 
 
@@ -372,6 +376,7 @@ class DriveRegistry(Registry):
         if chunk_size <= 0 or read_size <= 0 or parents_per_query <= 0 or retries < 1:
             raise ValueError("chunk_size, read_size, parents_per_query and retries must be positive")
         self._service = service
+        self._files = service.files()  # built once: the client rebuilds the resource on every call
         self.root_name = root_name
         self._root_id = root_id
         self._root_label = f"Drive folder {root_id}" if root_id else f"Drive folder {root_name!r}"
@@ -543,7 +548,7 @@ class DriveRegistry(Registry):
             if token:
                 params["pageToken"] = token
             try:
-                page = self._execute(self._service.files().list(**params), what)
+                page = self._execute(self._files.list(**params), what)
             except RegistryError as exc:
                 if token and not restarted and getattr(exc, "drive_status", None) == 400:
                     # "If a token is rejected, the client should restart from page one."
@@ -563,7 +568,7 @@ class DriveRegistry(Registry):
             seen.add(token)
 
     def _get(self, file_id: str, fields: str, what: str) -> _Item:
-        request = self._service.files().get(fileId=file_id, fields=fields, supportsAllDrives=True)
+        request = self._files.get(fileId=file_id, fields=fields, supportsAllDrives=True)
         return _Item.of(self._execute(request, what))
 
     # ================================================================ root and folders
@@ -978,7 +983,7 @@ class DriveRegistry(Registry):
         model opted in to downloading a file Drive flagged (True), did not (False), or the
         file is no model file (None: model.json, which no option covers)."""
         what = f"downloading {label} (Drive file {file_id})"
-        files = self._service.files()
+        files = self._files
         request = files.get_media(fileId=file_id, supportsAllDrives=True)
         base = {k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "accept-encoding")}
         ack_uri = (files.get_media(fileId=file_id, supportsAllDrives=True, acknowledgeAbuse=True).uri
@@ -1041,10 +1046,18 @@ class DriveRegistry(Registry):
                         log.info("%s: Drive ignored the Range header and sent the whole file", what)
                     length = rhead.get("content-length", "")
                     body = int(length) if length.strip().isdigit() else None
+                    if body is not None and total >= 0 and body != total:
+                        head = resp.read(512)
+                        media.close()
+                        _refuse_html(rhead, head, what)  # say it is a page when it is one
+                        raise RegistryError(f"{what}: Drive sent {body} bytes where the file is listed with "
+                                            f"{total} (a changed file, or a page instead of it); "
+                                            "list the registry again")
                     if body is not None:
                         total = body  # a retry after a broken body asks for the rest by range
                     want = None if body is None else max(body - pos, 0)
-                    for n in self._pump(resp, want, pos, pos == 0, rhead, what, sink):
+                    # A whole answer is checked for an HTML page whatever part of it is kept.
+                    for n in self._pump(resp, want, pos, True, rhead, what, sink):
                         pos += n
                     return
                 content = resp.read(MAX_ERROR_BODY)
@@ -1118,6 +1131,9 @@ class DriveRegistry(Registry):
             dropped = resp.read(min(self.read_size, skip))
             if not dropped:
                 raise _Truncated(f"body ended {skip} bytes before the first byte wanted")
+            if check_html:  # the body's own first bytes, even when they are not kept
+                _refuse_html(headers, dropped, what)
+                check_html = False
             skip -= len(dropped)
         while want is None or got < want:
             piece = resp.read(self.read_size if want is None else min(self.read_size, want - got))

@@ -395,7 +395,6 @@ class DriveWriter:
         self.service = registry._service
         self.chunk_size = chunk_size
         self.num_retries = num_retries
-        _resumable_ready(getattr(self.service, "_http", None))
 
     # -- Drive calls --------------------------------------------------------
     def _exec(self, request: Any, what: str) -> dict[str, Any]:
@@ -545,18 +544,6 @@ class DriveWriter:
             raise PushError(f"{len(folders)} folders are named {record.folder!r}: remove by hand")
         self._trash(folders[0].id, f"moving {record.folder} to the trash")
         return "Drive trash"
-
-
-def _resumable_ready(http_: Any) -> None:
-    """Drive answers an unfinished resumable upload with 308 Resume Incomplete, which
-    httplib2 takes for a redirect (and fails: no Location) unless 308 is dropped from
-    its redirect codes, as googleapiclient.http.build_http does; gdrive.build_service
-    builds its httplib2.Http itself, so the writer does it here."""
-    while http_ is not None:
-        codes = getattr(http_, "redirect_codes", None)
-        if codes is not None:
-            http_.redirect_codes = set(codes) - {308}
-        http_ = getattr(http_, "http", None)
 
 
 def writer_for(registry: Registry, **kwargs: Any) -> LocalWriter | DriveWriter:
