@@ -434,3 +434,28 @@ def test_a_failed_upload_chunk_resumes_from_what_drive_holds(drive, tmp_path, mo
     # the failed chunk is followed by a status query (bytes */N), never a blind resend
     failed = next(i for i, r in enumerate(puts) if r.status == 503)
     assert puts[failed + 1].content_range.startswith("bytes */")
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal_and_log_lines_elsewhere(monkeypatch, caplog):
+    import io as _io
+    import logging as _logging
+
+    from common.registry import writer as writer_module
+
+    class Terminal(_io.StringIO):
+        def isatty(self):
+            return True
+
+    caplog.set_level(_logging.INFO, logger="common.registry.progress")
+    terminal = Terminal()
+    monkeypatch.setattr(writer_module.sys, "stderr", terminal)
+    bar = writer_module.Progress("model.onnx", 3 * 1024 * 1024)
+    bar.update(1024 * 1024)
+    bar.finish()
+    assert "model.onnx: 100%" in terminal.getvalue() and "3.00M" in terminal.getvalue()
+    assert not caplog.records  # no log lines beside the bar
+
+    monkeypatch.setattr(writer_module.sys, "stderr", _io.StringIO())  # not a terminal
+    plain = writer_module.Progress("model.onnx", 2048)
+    plain.finish()
+    assert [r.getMessage() for r in caplog.records] == ["model.onnx: 100% (2.0 KiB of 2.0 KiB)"]

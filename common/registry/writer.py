@@ -36,6 +36,7 @@ import os
 import random
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -173,7 +174,8 @@ def _check_file(p: Path, optional: bool) -> list[str]:
 # --------------------------------------------------------------------- progress
 
 class Progress:
-    """A progress line per file, logged (``common.registry.progress``) at most every
+    """Progress of one file: a tqdm bar on an interactive terminal; elsewhere (logs,
+    pipes, tests) a line logged (``common.registry.progress``) at most every
     ``interval`` seconds and at the end: ``model.onnx:  45% (3.0 MiB of 6.6 MiB)``."""
 
     def __init__(self, label: str, total: int, interval: float = 1.0,
@@ -181,15 +183,31 @@ class Progress:
         self.label, self.total, self.interval, self._clock = label, total, interval, clock
         self._last = clock()
         self.done = 0
+        self._bar = None
+        if sys.stderr.isatty() and progress_log.isEnabledFor(logging.INFO):
+            try:
+                from tqdm import tqdm
+            except ImportError:  # the tool works without it: log lines instead
+                pass
+            else:
+                self._bar = tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
+                                 leave=True)
 
     def update(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done - self.done)
         self.done = done
         now = self._clock()
-        if now - self._last >= self.interval and done < self.total:
+        if self._bar is None and now - self._last >= self.interval and done < self.total:
             self._last = now
             progress_log.info("%s", self.line())
 
     def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self.total - self.done)
+            self._bar.close()
+            self.done = self.total
+            return
         self.done = self.total
         progress_log.info("%s", self.line())
 
