@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,9 +117,15 @@ def open_registry(spec: str, env: Mapping[str, str] | None = None,
     remembered in ``cache_dir``."""
     kind, sep, rest = spec.partition(":")
     if sep and kind == "local":
+        if not rest.strip():
+            raise ModelConfigError("MODEL_REGISTRY local: needs the registry folder's path", source="environment")
         return LocalRegistry(rest)
     if sep and kind in ("gdrive", "gdrive-id"):
         return _open_drive(kind, rest.strip(), os.environ if env is None else env, cache_dir)
+    if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]+", kind):  # a scheme, not a folder path
+        raise ModelConfigError(f"MODEL_REGISTRY: unknown registry kind {kind!r} in {spec!r}; "
+                               "use local:<folder>, gdrive:<folder name> or gdrive-id:<folder id>",
+                               source="environment")
     return LocalRegistry(spec)
 
 

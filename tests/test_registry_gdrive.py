@@ -751,3 +751,26 @@ def test_a_root_in_my_drive_keeps_the_default_corpora(drive, seeded):
     registry(drive).list_models()
     lists = [r for r in drive.requests if r.path == "/drive/v3/files" and "in parents" in r.query.get("q", "")]
     assert lists and all("corpora" not in r.query and "driveId" not in r.query for r in lists)
+
+
+def test_empty_folders_cost_one_request_once_not_on_every_listing(drive):
+    root = drive.add_folder("CVAT_Models")
+    for i in range(45):  # more than one batch of empty extra folders
+        fid = add_model(drive, root, f"m{i:02d}", manifest(f"m{i:02d}", extra_files=["dir"]), {"model.onnx": b"w"})
+        drive.add_folder("dir", fid)
+    reg = registry(drive)
+    first = reg.list_models()
+    assert len(first.models) == 45 and not first.errors
+    drive.requests.clear()
+    again = reg.list_models()
+    assert [m.folder for m in again.models] == [m.folder for m in first.models]
+    # the folder page, two batched child queries for 45 models, two for their 45 empty dirs
+    assert len(drive.requests) == 5
+
+
+def test_an_incomplete_search_is_an_error_not_a_short_listing(drive):
+    root = drive.add_folder("CVAT_Models")
+    add_model(drive, root, "a", manifest("a"), {"model.onnx": b"w"})
+    drive.incomplete_search = True
+    with pytest.raises(RegistryError, match="search was incomplete"):
+        registry(drive).list_models()

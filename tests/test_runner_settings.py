@@ -34,3 +34,11 @@ def test_bad_settings_stop_the_start(monkeypatch, env, message):
 def test_registry_spec(tmp_path):
     assert isinstance(open_registry(f"local:{tmp_path}"), LocalRegistry)
     assert open_registry(str(tmp_path)).root == tmp_path
+
+
+@pytest.mark.parametrize("spec, message", [("local:", "needs the registry folder's path"),
+                                           ("gdriv:CVAT_Models", "unknown registry kind 'gdriv'"),
+                                           ("GDRIVE:x", "unknown registry kind 'GDRIVE'")])
+def test_bad_registry_specs_are_named(spec, message):
+    with pytest.raises(ModelConfigError, match=message):
+        open_registry(spec)

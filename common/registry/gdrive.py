@@ -384,6 +384,9 @@ class DriveRegistry(Registry):
         self.chunk_size = int(chunk_size)
         self.read_size = int(read_size)
         self._root_drive: str | None = None  # the shared drive the root lies in (None: My Drive)
+        # Folders seen empty by a one-folder query: an empty or-of-parents answer that
+        # covers only such folders is believed, so empty folders cost one request once.
+        self._empty_folders: set[str] = set()
         self.parents_per_query = int(parents_per_query)
         self.retries = int(retries)
         self.backoff = float(backoff)
@@ -550,7 +553,10 @@ class DriveRegistry(Registry):
             try:
                 page = self._execute(self._files.list(**params), what)
             except RegistryError as exc:
-                if token and not restarted and getattr(exc, "drive_status", None) == 400:
+                if token and getattr(exc, "drive_status", None) == 400:
+                    if restarted:
+                        raise RegistryError(f"{what}: Drive refused a page token twice in one listing "
+                                            f"({exc}); try again later") from None
                     # "If a token is rejected, the client should restart from page one."
                     log.warning("%s: Drive refused a page token; listing again from the first page", what)
                     restarted, token, out, seen = True, None, [], set()
@@ -558,7 +564,9 @@ class DriveRegistry(Registry):
                 raise
             pages += 1
             if page.get("incompleteSearch"):
-                log.error("%s: Drive says this search is incomplete", what)
+                # A partial answer would read as "No model.json found" or a vanished model.
+                raise RegistryError(f"{what}: Drive answered that its search was incomplete; "
+                                    "try again later")
             out.extend(f for f in page.get("files") or () if isinstance(f, dict) and f.get("id"))
             token = page.get("nextPageToken")
             if not token:
@@ -743,6 +751,12 @@ class DriveRegistry(Registry):
         grouped: dict[str, list[_Item]] = {f: [] for f in batch}
         if len(batch) == 1:
             grouped[batch[0]] = items
+            if items:
+                self._empty_folders.discard(batch[0])
+            else:
+                self._empty_folders.add(batch[0])
+            return grouped
+        if not items and self._empty_folders.issuperset(batch):
             return grouped
         if not items or any(not it.parents for it in items):
             # Drive sometimes answers an or-of-parents query with nothing (issuetracker
@@ -750,12 +764,15 @@ class DriveRegistry(Registry):
             log.info("%s: %s; asking folder by folder", what,
                      "empty answer" if not items else "items without parents")
             for f in batch:
+                if not items and f in self._empty_folders:
+                    continue  # empty last time, and an empty answer again: believe it
                 grouped.update(self._children([f], drive))
             return grouped
         for it in items:
             for parent in it.parents:
                 if parent in grouped:
                     grouped[parent].append(it)
+        self._empty_folders.difference_update(f for f, children in grouped.items() if children)
         return grouped
 
     def _target(self, target_id: str) -> _Item | RegistryError:
@@ -1083,8 +1100,9 @@ class DriveRegistry(Registry):
                 _, got_total = _content_range(rhead.get("content-range", ""))
                 if got_total == 0 or (got_total is None and total == 0):
                     return  # a zero-byte file
-                raise RegistryError(f"{what}: Drive refused the range at byte {pos} "
-                                    f"(the file is {got_total} bytes now, listed as {size})")
+                now = f"the file is {got_total} bytes now" if got_total is not None else "no size given"
+                raise RegistryError(f"{what}: Drive refused the range at byte {pos} ({now}, listed as {size} "
+                                    "bytes); list the registry again")
             if status == 401 and media.can_refresh and not refreshed:
                 log.info("%s: Drive answered 401; refreshing the credentials once", what)
                 try:
@@ -1273,7 +1291,8 @@ class _MediaHttp:
             url = urljoin(url, location)
             if urlsplit(url).netloc != parts.netloc:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        raise http.client.HTTPException(f"more than {MAX_REDIRECTS} redirects")
+        # Not a network glitch: asking again would only loop again.
+        raise RegistryError(f"downloading from Drive: more than {MAX_REDIRECTS} redirects")
 
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         key = (scheme, netloc)
