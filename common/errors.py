@@ -36,6 +36,15 @@ class ModelConfigError(PackError):
         super().__init__(f"{source}: {lines}")
 
 
+class SettingsError(ModelConfigError):
+    """A bad setting in the function's environment (MODEL_REGISTRY, MODEL_CACHE_SIZE,
+    Drive credentials, ...): stops the start, named by its variable."""
+
+    def __init__(self, message: str):
+        super().__init__([("$", message)], source="environment")
+        self.args = (f"environment: {message}",)
+
+
 class RegistryError(PackError):
     """The registry cannot be read (unreachable, permission, malformed layout)."""
 

@@ -94,7 +94,7 @@ class ModelRefresher:
     def __init__(self, settings, model, *, registry: Registry | None = None,
                  on_swap: Callable[[object, object], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        from common.runner import open_registry
+        from common.registry.opening import open_registry
 
         self.settings = settings
         self.interval = float(settings.refresh_seconds)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +43,12 @@ from typing import Mapping
 
 from common import __version__
 from common.cache import ModelCache, Snapshot, parse_size
-from common.errors import ModelConfigError, ModelNotFound, RegistryError
+from common.errors import ModelConfigError, ModelNotFound, RegistryError, SettingsError
 from common.imaging import max_image_pixels
 from common.offline import cached_record
 from common.pipeline import DetectorPipeline
 from common.registry import ModelRecord, Registry, RemoteFile
-from common.registry.local import LocalRegistry
+from common.registry.opening import open_registry
 from common.runtimes import Runtime, load_runtime
 
 log = logging.getLogger(__name__)
@@ -75,19 +74,17 @@ class RunnerSettings:
         env = os.environ if env is None else env
         model = env.get("MODEL_NAME", "").strip()
         if not model:
-            raise ModelConfigError("MODEL_NAME is not set: the runner needs the registry model to serve",
-                                   source="environment")
+            raise SettingsError("MODEL_NAME is not set: the runner needs the registry model to serve")
         try:
             size = parse_size(env.get("MODEL_CACHE_SIZE", "20GiB"))
         except ValueError as exc:
-            raise ModelConfigError(f"MODEL_CACHE_SIZE: {exc}", source="environment") from None
+            raise SettingsError(f"MODEL_CACHE_SIZE: {exc}") from None
         if size < 1:
-            raise ModelConfigError(f"MODEL_CACHE_SIZE must be at least 1 byte, got {env['MODEL_CACHE_SIZE']!r}",
-                                   source="environment")
+            raise SettingsError(f"MODEL_CACHE_SIZE must be at least 1 byte, got {env['MODEL_CACHE_SIZE']!r}")
         try:  # checked here so that a bad value stops the start, not every request
             max_image_pixels()
         except ValueError as exc:
-            raise ModelConfigError(str(exc), source="environment") from None
+            raise SettingsError(str(exc)) from None
         return cls(registry=env.get("MODEL_REGISTRY", "local:/opt/registry"), model=model,
                    version=env.get("MODEL_VERSION", "").strip() or None,
                    cache_dir=Path(env.get("MODEL_CACHE_DIR", "/var/cache/cvat-models")), cache_size=size,
@@ -104,55 +101,9 @@ def parse_refresh_seconds(env: Mapping[str, str]) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise ModelConfigError(f"MODEL_REFRESH_SECONDS must be a number of seconds, 0 or more (0: never check), "
-                               f"got {env.get('MODEL_REFRESH_SECONDS')!r}", source="environment")
+        raise SettingsError(f"MODEL_REFRESH_SECONDS must be a number of seconds, 0 or more (0: never check), "
+                               f"got {env.get('MODEL_REFRESH_SECONDS')!r}")
     return value
-
-
-def open_registry(spec: str, env: Mapping[str, str] | None = None,
-                  cache_dir: str | os.PathLike[str] | None = None) -> Registry:
-    """``local:<folder>`` (or a bare folder path) -> LocalRegistry;
-    ``gdrive:<root folder name>`` / ``gdrive-id:<folder id>`` -> DriveRegistry
-    with credentials from ``env`` (default os.environ), model.json bodies
-    remembered in ``cache_dir``."""
-    kind, sep, rest = spec.partition(":")
-    if sep and kind == "local":
-        if not rest.strip():
-            raise ModelConfigError("MODEL_REGISTRY local: needs the registry folder's path", source="environment")
-        return LocalRegistry(rest)
-    if sep and kind in ("gdrive", "gdrive-id"):
-        return _open_drive(kind, rest.strip(), os.environ if env is None else env, cache_dir)
-    if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]+", kind):  # a scheme, not a folder path
-        raise ModelConfigError(f"MODEL_REGISTRY: unknown registry kind {kind!r} in {spec!r}; "
-                               "use local:<folder>, gdrive:<folder name> or gdrive-id:<folder id>",
-                               source="environment")
-    return LocalRegistry(spec)
-
-
-def _open_drive(kind: str, where: str, env: Mapping[str, str], cache_dir: str | os.PathLike[str] | None) -> Registry:
-    from common.registry.drive_auth import drive_credentials
-    from common.registry.gdrive import DEFAULT_ROOT_NAME, ROOT_URL_SETTING, DriveRegistry, build_service
-
-    if kind == "gdrive-id" and not where:
-        raise ModelConfigError("MODEL_REGISTRY gdrive-id: needs the registry folder's Drive id",
-                               source="environment")
-    try:
-        retries = int(env.get("DRIVE_RETRIES", "").strip() or 6)
-        if retries < 1:
-            raise ValueError
-    except ValueError:
-        raise ModelConfigError(f"DRIVE_RETRIES must be a whole number of at least 1, got "
-                               f"{env.get('DRIVE_RETRIES')!r}", source="environment") from None
-    credentials, api_key = drive_credentials(env)
-    try:
-        service = build_service(env.get(ROOT_URL_SETTING, "").strip() or None, credentials, api_key=api_key)
-    except ValueError as exc:
-        raise ModelConfigError(str(exc), source="environment") from None
-    if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    if kind == "gdrive-id":
-        return DriveRegistry(service, root_id=where, cache_dir=cache_dir, retries=retries)
-    return DriveRegistry(service, where or DEFAULT_ROOT_NAME, cache_dir=cache_dir, retries=retries)
 
 
 @dataclass

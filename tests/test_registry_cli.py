@@ -410,7 +410,7 @@ def test_push_and_remove_on_drive(drive, tmp_path):
 def test_drive_writes_refuse_an_api_key(capsys, root, tmp_path):
     env = {"MODEL_REGISTRY": "gdrive:CVAT_Models", "GOOGLE_DRIVE_API_KEY": "key"}
     assert run(capsys, root, "push", str(source(tmp_path)), env=env) == (1, [], [
-        "cvat-registry: error: an API key can only read the registry; push and remove need a service account key "
+        "cvat-registry: error: environment: an API key can only read the registry; push and remove need a service account key "
         "(GOOGLE_DRIVE_SERVICE_ACCOUNT_KEY) or GOOGLE_DRIVE_USE_ADC=1 with write access"])
 
 

@@ -3,7 +3,8 @@
 import pytest
 
 from common.errors import ModelConfigError
-from common.runner import RunnerSettings, open_registry
+from common.registry.opening import open_registry
+from common.runner import RunnerSettings
 from common.registry.local import LocalRegistry
 
 

@@ -39,7 +39,8 @@ from typing import Any
 
 from common.errors import PackError
 from common.registry import ModelRecord, Registry
-from common.registry.writer import (DRIVE_WRITE_SCOPE, MODEL_JSON, FolderInvalid, validate_folder,
+from common.registry.opening import open_registry
+from common.registry.writer import (MODEL_JSON, FolderInvalid, validate_folder,
                                     writer_for)
 
 PROG = "cvat-registry"
@@ -51,41 +52,6 @@ class UserError(PackError):
 
 
 # --------------------------------------------------------------------- opening the registry
-
-def open_registry(spec: str, env: Mapping[str, str], *, write: bool = False) -> Registry:
-    """The registry ``spec`` names (MODEL_REGISTRY's forms); ``write`` asks Drive for the drive scope."""
-    kind, sep, rest = spec.partition(":")
-    if sep and kind in ("gdrive", "gdrive-id"):
-        return _open_drive(kind, rest.strip(), env, write)
-    from common.registry.local import LocalRegistry
-
-    root = rest if sep and kind == "local" else spec
-    if not Path(root).is_dir():
-        raise UserError(f"registry folder {root} does not exist")
-    return LocalRegistry(root)
-
-
-def _open_drive(kind: str, where: str, env: Mapping[str, str], write: bool) -> Registry:
-    from common.registry.drive_auth import drive_credentials
-    from common.registry.gdrive import DEFAULT_ROOT_NAME, ROOT_URL_SETTING, DriveRegistry, build_service
-
-    if kind == "gdrive-id" and not where:
-        raise UserError("gdrive-id: needs the registry folder's Drive id")
-    credentials, api_key = drive_credentials(env)
-    if write:
-        if credentials is None:
-            raise UserError("an API key can only read the registry; push and remove need a service account key "
-                            "(GOOGLE_DRIVE_SERVICE_ACCOUNT_KEY) or GOOGLE_DRIVE_USE_ADC=1 with write access")
-        if hasattr(credentials, "with_scopes"):
-            credentials = credentials.with_scopes([DRIVE_WRITE_SCOPE])
-    try:
-        service = build_service(env.get(ROOT_URL_SETTING, "").strip() or None, credentials, api_key=api_key)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    if kind == "gdrive-id":
-        return DriveRegistry(service, root_id=where)
-    return DriveRegistry(service, where or DEFAULT_ROOT_NAME)
-
 
 # --------------------------------------------------------------------- output helpers
 
@@ -259,7 +225,7 @@ def _registry(args: argparse.Namespace, env: Mapping[str, str], write: bool = Fa
     if not spec:
         raise UserError(f"no registry: give --registry or set {REGISTRY_SETTING} "
                         f"(local:<folder>, gdrive:<folder name>, gdrive-id:<folder id>)")
-    return open_registry(spec, env, write=write)
+    return open_registry(spec, env, write=write)  # ModelConfigError (bad spec, no credentials): exit 1
 
 
 # --------------------------------------------------------------------- entry point

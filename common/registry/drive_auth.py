@@ -22,7 +22,7 @@ import stat
 from collections.abc import Mapping
 from typing import Any
 
-from common.errors import ModelConfigError
+from common.errors import SettingsError
 
 __all__ = ["ADC_SETTING", "API_KEY_SETTING", "DRIVE_READONLY", "SA_KEY_SETTING", "drive_credentials"]
 
@@ -54,7 +54,7 @@ def drive_credentials(env: Mapping[str, str] | None = None) -> tuple[Any | None,
         return None, api_key
     if env.get(ADC_SETTING, "").strip().lower() in ("1", "true", "yes", "on"):
         return _application_default(), None
-    raise ModelConfigError(f"no Google Drive credentials configured: {_OPTIONS}", source="environment")
+    raise SettingsError(f"no Google Drive credentials configured: {_OPTIONS}")
 
 
 def _service_account(path: str) -> Any:
@@ -63,10 +63,10 @@ def _service_account(path: str) -> Any:
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        raise ModelConfigError(f"{SA_KEY_SETTING}: cannot read the service-account key {path!r} "
-                               f"({exc.strerror or exc})", source="environment") from None
+        raise SettingsError(f"{SA_KEY_SETTING}: cannot read the service-account key {path!r} "
+                               f"({exc.strerror or exc})") from None
     if not stat.S_ISREG(mode):
-        raise ModelConfigError(f"{SA_KEY_SETTING}: {path!r} is not a file", source="environment")
+        raise SettingsError(f"{SA_KEY_SETTING}: {path!r} is not a file")
     if mode & 0o077:
         log.warning("the service-account key %s is readable by group or others (mode %04o); restrict it to 0600 "
                     "(or 0400): it grants read access to the registry", path, stat.S_IMODE(mode))
@@ -75,8 +75,8 @@ def _service_account(path: str) -> Any:
     except (OSError, ValueError, KeyError) as exc:
         # ValueError/KeyError: not JSON, missing fields or an unparsable private key. The
         # message names the problem, never the key material.
-        raise ModelConfigError(f"{SA_KEY_SETTING}: {path!r} is not a usable service-account key "
-                               f"({type(exc).__name__}: {_short(exc)})", source="environment") from None
+        raise SettingsError(f"{SA_KEY_SETTING}: {path!r} is not a usable service-account key "
+                            f"({type(exc).__name__}: {_short(exc)})") from None
     log.info("Drive registry: using service account %s (scope drive.readonly)",
              getattr(credentials, "service_account_email", "?"))
     return credentials
@@ -89,8 +89,8 @@ def _application_default() -> Any:
     try:
         credentials, _project = google.auth.default(scopes=list(SCOPES))
     except exceptions.DefaultCredentialsError as exc:
-        raise ModelConfigError(f"{ADC_SETTING}=1 but no application default credentials were found "
-                               f"({_short(exc)})", source="environment") from None
+        raise SettingsError(f"{ADC_SETTING}=1 but no application default credentials were found "
+                            f"({_short(exc)})") from None
     log.info("Drive registry: using application default credentials (%s, scope drive.readonly)",
              type(credentials).__name__)
     return credentials

@@ -59,7 +59,6 @@ ALLOWED_EXTENSIONS = (".onnx", ".pt", ".pth", ".pb", ".h5", ".tflite", ".engine"
 OPTIONAL_ENTRIES = ("README.md", "samples", "logs")  # pushed along when the source folder has them
 COPY_CHUNK = 8 << 20
 UPLOAD_CHUNK = 8 << 20  # resumable upload chunk (a multiple of 256 KiB, as Drive requires)
-DRIVE_WRITE_SCOPE = "https://www.googleapis.com/auth/drive"
 
 
 class PushError(PackError):
