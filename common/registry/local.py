@@ -160,10 +160,7 @@ class LocalRegistry(Registry):
         key = (str(path), st.st_size, st.st_mtime_ns)
         digest = self._hashes.get(key)
         if digest is None:
-            h = hashlib.sha256()
             with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            digest = self._hashes[key] = h.hexdigest()
+                digest = self._hashes[key] = hashlib.file_digest(f, "sha256").hexdigest()
         return RemoteFile(path=rel, size=st.st_size, locator=str(path), sha256=digest)
 

@@ -237,11 +237,8 @@ def copy_with_progress(src: Path, dst: Path, progress: Progress) -> None:
 
 
 def file_md5(path: Path) -> str:
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 # --------------------------------------------------------------------- results
