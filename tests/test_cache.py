@@ -395,11 +395,13 @@ def test_killed_downloader(tmp_path, src, ctx):
     assert len(parts) == 1
 
     count = tmp_path / "count"
+    opened = ctx.Barrier(2)  # the waiter has opened the cache while the writer still lives
     waiter = ctx.Process(
-        target=child_get, args=(str(root), limit, file, DirFetch(str(src.folder), str(count)), None)
+        target=child_get, args=(str(root), limit, file, DirFetch(str(src.folder), str(count)), opened)
     )
     waiter.start()
-    time.sleep(1.0)
+    opened.wait(timeout=60)
+    time.sleep(0.5)
     assert waiter.is_alive() and fetch_count(count) == 0  # blocked behind the hung download
 
     os.kill(hanger.pid, signal.SIGKILL)
