@@ -317,23 +317,6 @@ def test_module_entry_point(root):
 
 # --------------------------------------------------------------------- push / remove, Drive stand-in
 
-def _stand_in_uploads(drive) -> bool:
-    """Whether the stand-in serves Drive's upload endpoint (being added; read-only before)."""
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(drive.root_url + "upload/drive/v3/files?uploadType=resumable", data=b"{}",
-                                     method="POST", headers={"Authorization": "Bearer test-token",
-                                                             "Content-Type": "application/json; charset=UTF-8"})
-    try:
-        urllib.request.urlopen(request, timeout=10).close()
-        return True
-    except urllib.error.HTTPError as exc:
-        return exc.code not in (404, 405, 501)
-    finally:
-        drive.requests.clear()
-
-
 def _tree(drive, folder_id: str, prefix: str = "") -> dict[str, str]:
     """path -> md5 of every untrashed file under a stand-in folder (folders end in /)."""
     out: dict[str, str] = {}
@@ -354,8 +337,6 @@ def test_push_and_remove_on_drive(drive, tmp_path):
     from common.registry.gdrive import DriveRegistry, build_service
     from common.registry.writer import DriveWriter
 
-    if not _stand_in_uploads(drive):
-        pytest.skip("the Drive stand-in has no upload endpoints yet")
     root_id = drive.add_folder("CVAT_Models")
     alpha = drive.add_folder("alpha", root_id)
     drive.add_file("model.json", alpha, json.dumps(model_json("alpha")).encode(), "application/json")
