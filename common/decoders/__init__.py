@@ -65,6 +65,19 @@ class DecoderInfo:
     params_schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
 
 
+def params_schema(title: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+    """A decoder's parameter schema: an object of exactly these ``properties``."""
+    return {"$schema": "http://json-schema.org/draft-07/schema#", "title": title, "type": "object",
+            "additionalProperties": False, "properties": dict(properties)}
+
+
+def output_param(holds: str) -> dict[str, Any]:
+    """The schema of a parameter naming one model output (see :func:`output_named`)."""
+    return {"type": ["string", "integer", "null"], "minimum": 0, "default": None,
+            "description": f"Output holding {holds}: tensor name (a ':0' suffix is tolerated) or 0-based "
+                           "index in the model's output order. Default null: the first output."}
+
+
 def param_defaults(schema: Mapping[str, Any]) -> dict[str, Any]:
     """The ``default`` of every parameter a decoder's schema declares."""
     return {k: v["default"] for k, v in schema["properties"].items() if "default" in v}

@@ -35,24 +35,14 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from common.decoders import DecodeContext, Detections, output_named, param_defaults, register
+from common.decoders import (DecodeContext, Detections, output_named, output_param, param_defaults,
+                             params_schema, register)
 from common.errors import ModelConfigError
 
 log = logging.getLogger(__name__)
 
-PARAMS_SCHEMA: dict[str, Any] = {
-    "$schema": "http://json-schema.org/draft-07/schema#",
-    "title": "db_text decoder parameters",
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "output": {
-            "type": ["string", "integer", "null"],
-            "minimum": 0,
-            "default": None,
-            "description": "Output holding the probability map: tensor name or 0-based index. "
-                           "Default null: the first output.",
-        },
+PARAMS_SCHEMA: dict[str, Any] = params_schema("db_text decoder parameters", {
+        "output": output_param("the probability map"),
         "binary_threshold": {
             "type": "number",
             "minimum": 0,
@@ -117,8 +107,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
             "default": 0,
             "description": "Class id given to every detection (the model has one class). Default 0.",
         },
-    },
-}
+})
 
 _DEFAULTS = param_defaults(PARAMS_SCHEMA)
 

@@ -28,25 +28,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from common.decoders import DecodeContext, Detections, output_named, param_defaults, register
+from common.decoders import (DecodeContext, Detections, output_named, output_param, param_defaults,
+                             params_schema, register)
 from common.decoders.nms import nms, nms_params
 from common.errors import ModelConfigError
 
 log = logging.getLogger(__name__)
 
-PARAMS_SCHEMA: dict[str, Any] = {
-    "$schema": "http://json-schema.org/draft-07/schema#",
-    "title": "yolo decoder parameters",
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "output": {
-            "type": ["string", "integer", "null"],
-            "minimum": 0,
-            "default": None,
-            "description": "Which output holds the head: tensor name (a ':0' suffix is tolerated) or "
-                           "0-based index in the model's output order. Default null: the first output.",
-        },
+PARAMS_SCHEMA: dict[str, Any] = params_schema("yolo decoder parameters", {
+        "output": output_param("the head"),
         "layout": {
             "type": "string",
             "enum": ["auto", "v8", "v8_transposed", "v5"],
@@ -82,8 +72,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
                            "YOLOv8/v10 end-to-end) or 'batch_xyxy_class_score' [K, 7] (yolov7 NMS export).",
         },
         **nms_params(0.45, 300),
-    },
-}
+})
 
 _DEFAULTS = param_defaults(PARAMS_SCHEMA)
 

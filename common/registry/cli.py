@@ -32,11 +32,11 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_write
 from common.errors import PackError
 from common.registry import ModelRecord, Registry
 from common.registry.opening import open_registry
@@ -202,22 +202,13 @@ class _HashingSink:
 
 
 def _fetch_checked(registry: Registry, f: Any, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".pull-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            sink = _HashingSink(raw)
-            registry.fetch(f, sink)
+    with atomic_write(target) as raw:
+        sink = _HashingSink(raw)
+        registry.fetch(f, sink)
         bad = (sink.size != f.size or (f.sha256 and sink.sha256.hexdigest() != f.sha256.lower())
                or (f.md5 and sink.md5.hexdigest() != f.md5.lower()))
         if bad:
             raise UserError(f"{f.path}: the downloaded bytes do not match the registry's size or checksum")
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _registry(args: argparse.Namespace, env: Mapping[str, str], write: bool = False) -> Registry:

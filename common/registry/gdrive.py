@@ -78,7 +78,6 @@ import re
 import socket
 import ssl
 import urllib.request
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -91,6 +90,7 @@ from googleapiclient import discovery_cache
 from googleapiclient.discovery import build_from_document
 from googleapiclient.errors import HttpError
 
+from common.atomic import atomic_write
 from common.errors import ModelConfigError, ModelNotFound, RegistryError
 from common.manifest import ModelManifest, load_manifest, parse_manifest
 from common.registry import EntryError, Listing, ModelRecord, Registry, RemoteFile
@@ -1200,17 +1200,8 @@ class DriveRegistry(Registry):
                 "entries": {k: e.to_json() for k, e in sorted(self._manifests.items())}}
         try:
             self._cache_file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".gdrive-manifests.", dir=self._cache_file.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    json.dump(data, out)
-                os.replace(tmp, self._cache_file)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            with atomic_write(self._cache_file, "w", encoding="utf-8") as out:
+                json.dump(data, out)
             self._manifests_dirty = False
         except OSError as exc:
             log.warning("cannot remember model.json bodies in %s: %s", self._cache_file, exc)
