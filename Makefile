@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements/dev.txt requirements/runner-cpu.txt
+# Every requirements file dev.txt installs, directly or through -r.
+$(STAMP): requirements/dev.txt requirements/runner-onnx.txt requirements/runner-base.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
 	touch $(STAMP)
@@ -24,7 +25,8 @@ bench: $(STAMP)
 	$(PY) -m tools.bench
 
 stage: $(STAMP)
-	$(PY) -m tools.stage gdrive-runner
+	$(PY) -m tools.stage gdrive-runner --all
+	$(PY) -m tools.stage registry-sync
 
 clean:
 	rm -rf build .demo .pytest_cache

@@ -169,11 +169,27 @@ class ModelManifest:
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "model.schema.json"
 
 # Frameworks this runner has an engine for, and which engines run which.
-RUNNABLE_FRAMEWORKS = ("onnx", "openvino")
+RUNNABLE_FRAMEWORKS = ("onnx", "openvino", "pytorch", "tensorflow", "keras")
 RUNTIME_FRAMEWORKS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "onnxruntime": ("onnx",),
     "openvino": ("onnx", "openvino"),
+    "torch": ("pytorch",),
+    "tensorflow": ("tensorflow", "keras"),
+    "tflite": ("tensorflow",),
 })
+# Model file extensions that say which framework wrote the file; file_name with one of
+# these under one of FILE_FRAMEWORKS must match (other extensions are not judged here).
+MODEL_EXTENSIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    ".onnx": ("onnx", "openvino"), ".xml": ("openvino",), ".pt": ("pytorch",), ".pth": ("pytorch",),
+    ".pt2": ("pytorch",), ".engine": ("tensorrt",), ".plan": ("tensorrt",), ".trt": ("tensorrt",),
+    ".tflite": ("tensorflow",), ".keras": ("keras", "tensorflow"), ".h5": ("keras", "tensorflow"),
+    ".pb": ("tensorflow",),
+})
+FILE_FRAMEWORKS = ("onnx", "openvino", "pytorch", "tensorflow", "keras")
+TENSORRT_REFUSAL = ('framework "tensorrt" is not supported here: a serialized TensorRT engine only runs on the GPU '
+                    'model and TensorRT version it was built for, and no runner image loads one. Publish the ONNX '
+                    'model instead (framework "onnx"): the ONNX GPU runner (cvat.gdrive-runner.onnx-gpu) runs it '
+                    'through ONNX Runtime\'s TensorRT provider where that is installed, the CPU runners on the CPU')
 DEFAULT_DECODER = "yolo"  # for detectors whose model.json names no decoder
 
 # Limits on the document itself (the schema caps the sizes of its values).
@@ -615,6 +631,8 @@ def _check_framework(data: Mapping[str, Any]) -> list[_Problem]:
     framework = data.get("framework")
     if not isinstance(framework, str):
         return []
+    if framework == "tensorrt":
+        return [(("framework",), TENSORRT_REFUSAL)]
     if framework not in RUNNABLE_FRAMEWORKS:
         known = _validator().schema["properties"]["framework"]["enum"]
         if framework not in known:
@@ -629,10 +647,28 @@ def _check_framework(data: Mapping[str, Any]) -> list[_Problem]:
         problems.append((("runtime", "name"), f"runtime {_quote(name)} cannot run framework {_quote(framework)} "
                                               f"(use {' or '.join(_quote(rt) for rt in able)})"))
     precision = runtime.get("precision")
-    if name == "onnxruntime" and isinstance(precision, str) and precision != "f32":
+    if name in ("onnxruntime", "torch") and isinstance(precision, str) and precision != "f32":
         problems.append((("runtime", "precision"), f"precision {_quote(precision)} needs runtime \"openvino\" "
-                                                   "(onnxruntime runs the weights as stored: use \"f32\")"))
+                                                   f"({name} runs the weights as stored: use \"f32\")"))
+    problems += _check_model_file(data, framework)
     return problems
+
+
+def _check_model_file(data: Mapping[str, Any], framework: str) -> list[_Problem]:
+    """file_name's extension against the framework; TorchScript's missing input description."""
+    file_name = data.get("file_name")
+    if not isinstance(file_name, str) or framework not in FILE_FRAMEWORKS:
+        return []
+    ext = posixpath.splitext(file_name)[1].lower()
+    owners = MODEL_EXTENSIONS.get(ext)
+    if owners is not None and framework not in owners:
+        return [(("file_name",), f"{_quote(file_name)} is a {owners[0]} file name ({ext}), not a {framework} "
+                                 f"model: set framework {_quote(owners[0])}, or name the file after its format")]
+    inp = _obj(data.get("input"))
+    if framework == "pytorch" and ext != ".pt2" and "shape" not in inp:
+        return [(("input",), "a TorchScript model carries no description of its input: give input.shape "
+                             "(e.g. [1, 3, 224, 224], null for a dynamic dimension) and input.dtype unless float32")]
+    return []
 
 
 def _check_labels(data: Mapping[str, Any]) -> list[_Problem]:

@@ -6,7 +6,7 @@ import textwrap
 
 import yaml
 
-from tools.stage import REPO, stage
+from tools.stage import REPO, RUNNER_VARIANTS, flatten_requirements, requirement_pins, stage
 
 RUNNER = REPO / "functions" / "gdrive-runner"
 
@@ -14,7 +14,8 @@ RUNNER = REPO / "functions" / "gdrive-runner"
 def test_staged_runner_imports_only_from_the_build_folder(tmp_path):
     out = stage("gdrive-runner", tmp_path / "gdrive-runner")
     assert sorted(p.name for p in out.iterdir()) == ["common", "function.yaml", "main.py", "requirements.txt"]
-    assert (out / "requirements.txt").read_text() == (REPO / "requirements" / "runner-cpu.txt").read_text()
+    assert (out / "requirements.txt").read_text().splitlines() == \
+        flatten_requirements(REPO / "requirements" / "runner-onnx.txt")
     code = textwrap.dedent(f"""
         import os, sys
         stage = {str(out)!r}
@@ -62,10 +63,14 @@ def test_pyproject_pins_match_the_requirement_files():
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
-    def pins(name):
+    def pins(name):  # this file's own pins, not its -r includes nor pip options
         lines = (REPO / "requirements" / name).read_text().splitlines()
-        return {l.strip() for l in lines if l.strip() and not l.startswith(("#", "-r"))}
+        return {l.strip() for l in lines if l.strip() and not l.startswith(("#", "-"))}
 
-    assert set(project["dependencies"]) == pins("runner-cpu.txt")
+    assert set(project["dependencies"]) == pins("runner-base.txt")
     assert set(project["optional-dependencies"]["dev"]) == pins("dev.txt")
-    assert all("==" in p for p in pins("runner-cpu.txt") | pins("dev.txt"))
+    for variant, (_, requirements) in RUNNER_VARIANTS.items():
+        assert set(project["optional-dependencies"][variant]) == pins(requirements), variant
+        assert requirement_pins(REPO / "requirements" / requirements) >= pins("runner-base.txt"), variant
+    every = {p for f in (REPO / "requirements").glob("*.txt") for p in pins(f.name)}
+    assert all("==" in p for p in every), every

@@ -17,6 +17,7 @@ from common import decoders
 from common.errors import ModelConfigError
 from common.manifest import (
     SCHEMA_PATH,
+    TENSORRT_REFUSAL,
     Attribute,
     Label,
     load_manifest,
@@ -520,7 +521,7 @@ def test_several_errors_reported_together_sorted_by_path():
     with pytest.raises(ModelConfigError) as info:
         parse_manifest(data, source="CVAT_Models/m/model.json")
     assert info.value.problems == [
-        ("$.framework", 'framework "tensorrt" is not supported by this runner yet (supported: onnx, openvino)'),
+        ("$.framework", TENSORRT_REFUSAL),
         ("$.input.layout", '"NCWH" is not one of ["NCHW", "NHWC"]'),
         ("$.input.preprocessing.resize", 'Additional properties are not allowed ("widht" was unexpected)'),
         ("$.input.preprocessing.std[1]", "std values must not be 0 (nor closer to 0 than 1e-12)"),
@@ -614,14 +615,20 @@ def test_reduced_precision_needs_openvino():
 def test_runtime_typos_refused():
     assert problems_of(doc(runtime={"name": "ort", "devices": "CPU"})) == [
         ("$.runtime", 'Additional properties are not allowed ("devices" was unexpected)'),
-        ("$.runtime.name", '"ort" is not one of ["onnxruntime", "openvino"]'),
+        ("$.runtime.name", '"ort" is not one of ["onnxruntime", "openvino", "torch", "tensorflow", "tflite"]'),
     ]
 
 
-@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "keras", "tensorrt", "other"])
+@pytest.mark.parametrize("framework", ["other"])
 def test_frameworks_without_runtime_refused(framework):
     assert problems_of(doc(framework=framework)) == [
-        ("$.framework", f'framework "{framework}" is not supported by this runner yet (supported: onnx, openvino)')]
+        ("$.framework", f'framework "{framework}" is not supported by this runner yet '
+                        f'(supported: onnx, openvino, pytorch, tensorflow, keras)')]
+
+
+def test_tensorrt_refused_with_the_onnx_route():
+    assert problems_of(doc(framework="tensorrt", file_name="model.engine")) == [("$.framework", TENSORRT_REFUSAL)]
+    assert "not supported here" in TENSORRT_REFUSAL and "TensorRT provider" in TENSORRT_REFUSAL
 
 
 def test_resize_without_size():

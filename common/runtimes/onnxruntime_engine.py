@@ -1,4 +1,11 @@
-"""ONNX Runtime engine (CPUExecutionProvider)."""
+"""ONNX Runtime engine: CPUExecutionProvider, or CUDA / TensorRT on a GPU image.
+
+``device`` CPU uses the CPU provider only. CUDA (or GPU) asks for the CUDA
+provider and TensorRT for TensorRT first, each with the CPU provider behind it
+for the nodes the GPU provider does not take. ONNX Runtime would quietly run
+everything on the CPU when a GPU provider fails to start; here that is an
+error (never silently slow).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from common.errors import RuntimeLoadError
-from common.runtimes import Runtime, TensorInfo
+from common.runtimes import Runtime, TensorInfo, shape_conflict
 from common.runtimes.cpus import threads_per_worker
 
 log = logging.getLogger(__name__)
@@ -52,14 +59,39 @@ def _tensor_info(arg) -> TensorInfo:
     return TensorInfo(name=arg.name, shape=_dims(arg.shape), dtype=ort_dtype(arg.type))
 
 
+# device (upper case) -> execution providers, most preferred first
+_PROVIDERS = {
+    "CPU": ("CPUExecutionProvider",),
+    "CUDA": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "GPU": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "TENSORRT": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+_DEVICE_OF = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA",
+              "TensorrtExecutionProvider": "TensorRT"}
+
+
+def providers_for(device: str) -> list[str]:
+    """The execution providers for ``device``; a RuntimeLoadError names what this
+    image's onnxruntime lacks (the GPU ones come with onnxruntime-gpu)."""
+    wanted = _PROVIDERS.get(device.strip().upper())
+    if wanted is None:
+        raise RuntimeLoadError(f"onnxruntime has no device {device!r} (use CPU, CUDA or TensorRT)")
+    available = ort.get_available_providers()
+    if wanted[0] not in available:
+        raise RuntimeLoadError(
+            f"device {device!r} needs onnxruntime's {wanted[0]}, which this image's onnxruntime "
+            f"{ort.__version__} lacks (it has {', '.join(available)}); the ONNX GPU runner image "
+            f"(cvat.gdrive-runner.onnx-gpu) has it")
+    return [p for p in wanted if p in available]
+
+
 class OnnxRuntimeEngine(Runtime):
-    """An ONNX model in an :class:`onnxruntime.InferenceSession` on the CPU."""
+    """An ONNX model in an :class:`onnxruntime.InferenceSession`."""
 
     def __init__(self, model_path: Path, extra_paths: Mapping[str, Path] | None = None, precision: str = "f32",
-                 device: str = "CPU", threads: int | None = None):
+                 device: str = "CPU", threads: int | None = None, declared_inputs: tuple[TensorInfo, ...] = ()):
         self.model_path = Path(model_path)
-        if device.upper() != "CPU":
-            log.warning("onnxruntime runner is CPU-only; ignoring device %r", device)
+        providers = providers_for(device)
         if precision.lower() not in ("f32", "fp32", "float32"):
             log.warning("onnxruntime runs the model's own precision; ignoring precision %r", precision)
         if not self.model_path.is_file():
@@ -75,7 +107,7 @@ class OnnxRuntimeEngine(Runtime):
         options.log_severity_level = 3  # errors only; warnings about unused initializers are noise
         try:
             self.session = ort.InferenceSession(str(self.model_path), sess_options=options,
-                                                providers=["CPUExecutionProvider"])
+                                                providers=providers)
             self.inputs = [_tensor_info(a) for a in self.session.get_inputs()]
             self.outputs = [_tensor_info(a) for a in self.session.get_outputs()]
         except RuntimeLoadError as exc:
@@ -84,8 +116,19 @@ class OnnxRuntimeEngine(Runtime):
             raise RuntimeLoadError(f"{self.model_path.name}: onnxruntime cannot load the model: {exc}") from exc
         self._output_names = [o.name for o in self.outputs]
         self._input_names = {i.name for i in self.inputs}
-        self.device = "CPU"
-        log.info("onnxruntime %s loaded %s with %d thread(s)", ort.__version__, self.model_path.name, self.threads)
+        used = self.session.get_providers()
+        if used[0] != providers[0]:
+            raise RuntimeLoadError(f"{self.model_path.name}: onnxruntime could not start {providers[0]} "
+                                   f"(it fell back to {', '.join(used)}); see its log above")
+        self.device = _DEVICE_OF.get(used[0], used[0])
+        for declared in declared_inputs:
+            actual = next((i for i in self.inputs if i.name == declared.name), None) if declared.name \
+                else self.inputs[0]
+            problem = shape_conflict(declared, actual) if actual is not None else None
+            if problem:
+                raise RuntimeLoadError(f"{self.model_path.name}: {problem}")
+        log.info("onnxruntime %s loaded %s on %s (%s) with %d thread(s)", ort.__version__, self.model_path.name,
+                 self.device, ", ".join(used), self.threads)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         unknown = set(feeds) - self._input_names

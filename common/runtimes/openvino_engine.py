@@ -16,7 +16,7 @@ import numpy as np
 import openvino as ov
 
 from common.errors import RuntimeLoadError
-from common.runtimes import Runtime, TensorInfo
+from common.runtimes import Runtime, TensorInfo, shape_conflict
 from common.runtimes.cpus import threads_per_worker
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class OpenVinoEngine(Runtime):
     """A model compiled by OpenVINO for ``device`` (LATENCY hint, one infer request)."""
 
     def __init__(self, model_path: Path, extra_paths: Mapping[str, Path] | None = None, precision: str = "f32",
-                 device: str = "CPU", threads: int | None = None):
+                 device: str = "CPU", threads: int | None = None, declared_inputs: tuple[TensorInfo, ...] = ()):
         self.model_path = Path(model_path)
         extra_paths = {k: Path(v) for k, v in (extra_paths or {}).items()}
         name = self.model_path.name
@@ -72,10 +72,13 @@ class OpenVinoEngine(Runtime):
         suffix = self.model_path.suffix.lower()
         try:
             if suffix == ".xml":
+                from common.runtimes.filecheck import inspect_openvino
+
                 weights = self._weights_path(extra_paths)
                 if not weights.is_file():
                     raise RuntimeLoadError(f"{name}: the IR weights file {weights.name} is missing "
                                            f"(expected at {weights})")
+                inspect_openvino(self.model_path, weights=weights, weights_name=weights.name)  # IR version, .bin size
                 model = core.read_model(str(self.model_path), str(weights))
             else:  # .onnx (and any other format OpenVINO's frontends read)
                 model = core.read_model(str(self.model_path))
@@ -99,6 +102,12 @@ class OpenVinoEngine(Runtime):
         self.outputs = [TensorInfo(_name(p, f"output{i}"), _dims(p), np.dtype(p.get_element_type().to_dtype()))
                         for i, p in enumerate(self.compiled.outputs)]
         self._input_index = {info.name: i for i, info in enumerate(self.inputs)}
+        for declared in declared_inputs:
+            actual = next((i for i in self.inputs if i.name == declared.name), None) if declared.name \
+                else self.inputs[0]
+            problem = shape_conflict(declared, actual) if actual is not None else None
+            if problem:
+                raise RuntimeLoadError(f"{name}: {problem}")
         self._lock = threading.Lock()  # one infer request: serialise callers
         self.device = device
         log.info("openvino %s compiled %s for %s (precision %s, %d thread(s))", ov.__version__, name, device,

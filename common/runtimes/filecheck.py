@@ -1,0 +1,530 @@
+"""Look inside a model file before any runtime loads it.
+
+:func:`validate_files` is the file-level half of validating a registry
+model (model.json's own checks are in :mod:`common.manifest`): the runner
+calls it before loading, and registry-sync can call it on downloaded files.
+Each bad file gets its own message, and nothing here runs code from the
+file: PyTorch pickles are read opcode by opcode (``pickletools``), never
+unpickled; ONNX protobufs are walked field by field; IR headers are XML.
+
+What is checked, per framework:
+
+* pytorch: a TorchScript archive or a torch.export program (.pt2); a plain
+  state_dict, a pickled module/object, a truncated archive or another
+  format are refused, each saying what the file is and how to export it.
+* onnx: the protobuf is whole, the ai.onnx opset is one the installed
+  ONNX Runtime runs, and model.json's input.shape agrees with the graph's.
+* openvino: the IR version in the .xml is one this OpenVINO reads, the .bin
+  is there and long enough for every constant the .xml reads from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import mmap
+import pickletools
+import posixpath
+import threading
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+from xml.etree import ElementTree
+
+from common.errors import RuntimeLoadError
+from common.runtimes import TensorInfo, shape_conflict
+
+log = logging.getLogger(__name__)
+
+_torch_load_lock = threading.Lock()
+
+# OpenVINO IR versions the pinned openvino (2026.4.1) reads; 7 and 12 are refused
+# by its IR frontend (tests/test_runtime_torch.py keeps this list honest).
+OPENVINO_IR_VERSIONS = (10, 11)
+
+_EXPORT_HOWTO = ('export it from Python instead: torch.jit.save(torch.jit.trace(model, example), "model.pt") '
+                 '(framework "pytorch"), or torch.onnx.export(model, example, "model.onnx") (framework "onnx")')
+
+
+class ModelFileError(RuntimeLoadError):
+    """A model file is not what model.json says, or is damaged. ``file`` is its
+    model.json name (e.g. ``model.pt``)."""
+
+    def __init__(self, file: str, message: str):
+        super().__init__(f"{file}: {message}")
+        self.file = file
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What :func:`inspect_file` found: ``kind`` (torchscript, torch.export, onnx,
+    openvino-ir) and format details (opset, IR version, input shapes...)."""
+
+    file: str
+    kind: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+# ---- sniffing ----------------------------------------------------------------
+
+
+def sniff(path: Path) -> str:
+    """A guess at the format from the first bytes: zip, pickle, xml, hdf5,
+    tflite, onnx, empty or unknown."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if head[0] == 0x80 and len(head) > 1 and head[1] <= 5:
+        return "pickle"
+    if head.lstrip().startswith((b"<?xml", b"<net")):
+        return "xml"
+    if head.startswith(b"\x89HDF"):
+        return "hdf5"
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    if head[0] == 0x08:  # ModelProto field 1 (ir_version), varint: how every ONNX writer starts
+        return "onnx"
+    return "unknown"
+
+
+_FORMAT_NAMES = {"xml": ("an OpenVINO IR .xml", "openvino"), "hdf5": ("a Keras HDF5 file", "keras"),
+                 "tflite": ("a TensorFlow Lite model", "tensorflow"), "onnx": ("an ONNX model", "onnx"),
+                 "zip": ("a zip archive (PyTorch or Keras)", None), "pickle": ("a Python pickle (PyTorch)", "pytorch")}
+
+
+def _wrong_format(name: str, framework: str, found: str) -> ModelFileError:
+    if found == "empty":
+        return ModelFileError(name, "the file is empty (0 bytes): upload it again")
+    what, right = _FORMAT_NAMES.get(found, ("not a format this runner knows", None))
+    hint = f': set framework "{right}" in model.json' if right and right != framework else ""
+    return ModelFileError(name, f'the file is {what}, not a {framework} model{hint}')
+
+
+# ---- PyTorch -------------------------------------------------------------------
+
+# Globals a weights-only pickle (a state_dict or checkpoint dict) may name.
+_DATA_MODULES = {"collections": {"OrderedDict"}, "builtins": {"set", "frozenset", "slice"},
+                 "torch._utils": {"_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state",
+                                  "_rebuild_qtensor", "_rebuild_sparse_tensor"},
+                 "torch": {"Size", "device", "float32", "float16", "bfloat16", "int64", "int32", "uint8", "bool"}}
+
+
+def _is_data_global(module: str, name: str) -> bool:
+    if module == "torch" and name.endswith("Storage"):
+        return True
+    if module == "torch.storage" and name in ("UntypedStorage", "TypedStorage"):
+        return True
+    return name in _DATA_MODULES.get(module, ())
+
+
+# protocol 0-2 pickles name some modules by their Python 2 names
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
+def pickle_globals(data: bytes | memoryview) -> list[str]:
+    """Every ``module.name`` the pickles in ``data`` would import, read from the
+    opcodes without unpickling (consecutive pickles, as the legacy torch.save writes)."""
+    stream = io.BytesIO(data)
+    found: list[str] = []
+    while True:
+        start = stream.tell()
+        if stream.read(1) != b"\x80":
+            break
+        stream.seek(start)
+        strings: list[str] = []  # recent string pushes, for STACK_GLOBAL (protocol 4+)
+        memo: dict[int, str] = {}
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    module, _, name = str(arg).partition(" ")
+                    found.append(f"{_PY2_MODULES.get(module, module)}.{name}")
+                elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                    strings.append(arg)
+                elif op.name in ("BINPUT", "LONG_BINPUT") and strings:
+                    memo[arg] = strings[-1]
+                elif op.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ("BINGET", "LONG_BINGET") and arg in memo:
+                    strings.append(memo[arg])
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+        except ValueError:  # raw storage bytes after the pickles, or a damaged pickle
+            break
+    return found
+
+
+def _torch_pickle_problem(name: str, globals_: list[str], legacy: bool) -> ModelFileError:
+    others = [g for g in dict.fromkeys(globals_) if not _is_data_global(*g.rsplit(".", 1))]
+    saved = " (a plain pickle: legacy torch.save or pickle.dump)" if legacy else ""
+    if not others:
+        return ModelFileError(
+            name, f"the file is a PyTorch state_dict{saved}: weights only (torch.save(model.state_dict())), "
+                  f"with no network for the runner to run. Build the model in Python, load_state_dict() it, "
+                  f"then {_EXPORT_HOWTO}")
+    modules = [g for g in others if g.startswith("torch.nn.")]
+    what = "a pickled torch.nn.Module (torch.save(model))" if modules else "a pickled Python object"
+    shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+    return ModelFileError(
+        name, f"the file is {what}{saved} that names {shown}; unpickling it would run code from the file, so "
+              f"the runner never does. A model file must be a TorchScript archive or a torch.export program: "
+              f"{_EXPORT_HOWTO}")
+
+
+def inspect_torch(path: Path, name: str | None = None) -> FileReport:
+    """``torchscript`` or ``torch.export`` (.pt2); anything else is a ModelFileError saying what it is."""
+    name = name or path.name
+    kind = sniff(path)
+    if kind == "pickle":
+        raise _torch_pickle_problem(name, pickle_globals(path.read_bytes()), legacy=True)
+    if kind != "zip":
+        raise _wrong_format(name, "pytorch", kind)
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(name, f"the file is truncated or damaged: it starts as a zip archive (TorchScript / "
+                                   f"torch.save) but has no end-of-archive directory ({path.stat().st_size} bytes); "
+                                   f"upload it again")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            members = {n.split("/", 1)[1] if "/" in n else n for n in names}
+            if "archive_format" in members:
+                fmt = z.read(next(n for n in names if n.endswith("archive_format"))).decode("ascii", "replace")
+                if fmt.strip() == "pt2":
+                    return FileReport(name, "torch.export", {"archive_format": "pt2"})
+            if "constants.pkl" in members and any(m.startswith("code/") for m in members):
+                return FileReport(name, "torchscript", {})
+            if "data.pkl" in members:
+                data = z.read(next(n for n in names if n.endswith("/data.pkl") or n == "data.pkl"))
+                raise _torch_pickle_problem(name, pickle_globals(data), legacy=False)
+            if any(m.startswith("keras_version") or m in ("config.json", "metadata.json") for m in members):
+                raise ModelFileError(name, 'the file is a Keras .keras archive, not a pytorch model: '
+                                           'set framework "keras" in model.json')
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelFileError(name, f"the zip archive is damaged ({exc}): upload it again") from None
+    raise ModelFileError(name, "the zip archive holds neither a TorchScript module (code/, constants.pkl) nor a "
+                               f"torch.export program (archive_format pt2): {_EXPORT_HOWTO}")
+
+
+# ---- ONNX (a minimal protobuf reader: onnx is not installed in runner images) ----
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(buf, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end:
+            raise _Malformed(f"a number at byte {pos} runs past the end")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 70:
+            raise _Malformed(f"an overlong number at byte {pos}")
+
+
+def _fields(buf, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of one message; length-delimited values are (start, end)."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _Malformed(f"field number 0 at byte {pos}")
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+        elif wire == 2:
+            size, pos = _varint(buf, pos, end)
+            if pos + size > end:
+                raise _Malformed(f"field {number} at byte {pos} needs {size} bytes, {end - pos} are left")
+            value, pos = (pos, pos + size), pos + size
+        elif wire in (1, 5):
+            value, pos = None, pos + (8 if wire == 1 else 4)
+            if pos > end:
+                raise _Malformed(f"field {number} runs past the end")
+        else:
+            raise _Malformed(f"wire type {wire} at byte {pos}")
+        yield number, wire, value
+
+
+def _text(buf, span) -> str:
+    return bytes(buf[span[0]:span[1]]).decode("utf-8", "replace")
+
+
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+                9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+
+
+def _value_info(buf, span) -> tuple[str, tuple[int | None, ...], str | None]:
+    name, dims, dtype = "", (), None
+    for number, _, value in _fields(buf, *span):
+        if number == 1:
+            name = _text(buf, value)
+        elif number == 2:
+            for n2, _, tensor in _fields(buf, *value):
+                if n2 != 1:  # TypeProto.tensor_type
+                    continue
+                for n3, _, v3 in _fields(buf, *tensor):
+                    if n3 == 1:
+                        dtype = _ONNX_DTYPES.get(v3)
+                    elif n3 == 2:
+                        shape = []
+                        for n4, _, dim in _fields(buf, *v3):
+                            if n4 != 1:
+                                continue
+                            size = None
+                            for n5, w5, v5 in _fields(buf, *dim):
+                                if n5 == 1 and w5 == 0 and v5 > 0:
+                                    size = v5
+                            shape.append(size)
+                        dims = tuple(shape)
+    return name, dims, dtype
+
+
+def read_onnx_header(path: Path) -> dict[str, Any]:
+    """ir_version, opsets ({domain: version}) and graph inputs of an ONNX file,
+    read without the onnx package; a ModelFileError when the protobuf is cut or not ONNX."""
+    name = path.name
+    if path.stat().st_size == 0:
+        raise ModelFileError(name, "the file is empty (0 bytes): upload it again")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        ir_version, opsets, graph = None, {}, None
+        try:
+            for number, wire, value in _fields(buf, 0, len(buf)):
+                if number == 1 and wire == 0:
+                    ir_version = value
+                elif number == 8 and wire == 2:
+                    domain, version = "", None
+                    for n2, _, v2 in _fields(buf, *value):
+                        if n2 == 1:
+                            domain = _text(buf, v2)
+                        elif n2 == 2:
+                            version = v2
+                    opsets[domain or "ai.onnx"] = version
+                elif number == 7 and wire == 2:
+                    graph = value
+            if ir_version is None or graph is None:
+                raise _Malformed("no ir_version or no graph")
+            inputs, initializers = [], set()
+            for number, wire, value in _fields(buf, *graph):
+                if number == 11 and wire == 2:
+                    inputs.append(_value_info(buf, value))
+                elif number == 5 and wire == 2:
+                    initializers.update(_text(buf, v) for n, _, v in _fields(buf, *value) if n == 8)
+        except _Malformed as exc:
+            size = len(buf)
+            raise ModelFileError(name, f"the file is truncated or not an ONNX model ({exc}; {size} bytes): "
+                                       f"upload it again, or check framework in model.json") from None
+    return {"ir_version": ir_version, "opsets": opsets,
+            "inputs": [TensorInfo(n, s, d) for n, s, d in inputs if n not in initializers]}
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def _ld(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _vi(number: int, value: int) -> bytes:
+    return _encode_varint(number << 3) + _encode_varint(value)
+
+
+def _identity_model(opset: int) -> bytes:
+    """A one-node ONNX model (y = Identity(x), float[1]) stamped with ``opset``."""
+    tensor_type = _ld(1, _vi(1, 1) + _ld(2, _ld(1, _vi(1, 1))))
+    node = _ld(1, b"x") + _ld(2, b"y") + _ld(4, b"Identity")
+    graph = (_ld(1, node) + _ld(2, b"g") + _ld(11, _ld(1, b"x") + _ld(2, tensor_type))
+             + _ld(12, _ld(1, b"y") + _ld(2, tensor_type)))
+    return _vi(1, 10) + _ld(7, graph) + _ld(8, _ld(1, b"") + _vi(2, opset))
+
+
+@functools.lru_cache(maxsize=1)
+def onnxruntime_max_opset() -> int | None:
+    """The newest ai.onnx opset the installed ONNX Runtime loads (asked of it with a
+    one-node model), or None when onnxruntime is not installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+
+    def loads(opset: int) -> bool:
+        try:
+            ort.InferenceSession(_identity_model(opset), options, providers=["CPUExecutionProvider"])
+            return True
+        except Exception:
+            return False
+
+    lo, hi = 7, 64  # lo loads; find the last that does
+    if not loads(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if loads(mid) else (lo, mid - 1)
+    return lo
+
+
+def inspect_onnx(path: Path, name: str | None = None, *, runtime: str = "onnxruntime",
+                 declared: tuple[TensorInfo, ...] = ()) -> FileReport:
+    name = name or path.name
+    kind = sniff(path)
+    if kind != "onnx":
+        raise _wrong_format(name, "onnx", kind)
+    header = read_onnx_header(path)
+    opset = header["opsets"].get("ai.onnx")
+    if runtime == "onnxruntime" and opset is not None:
+        newest = onnxruntime_max_opset()
+        if newest is not None and opset > newest:
+            import onnxruntime as ort
+            raise ModelFileError(
+                name, f"the model uses ONNX opset {opset} (domain ai.onnx), but this runner's onnxruntime "
+                      f"{ort.__version__} runs opsets up to {newest}: export it again with opset_version={newest} "
+                      f"or lower (torch.onnx.export(..., opset_version={newest}), or "
+                      f"onnx.version_converter.convert_version(model, {newest}))")
+    _check_declared(name, declared, header["inputs"])
+    return FileReport(name, "onnx", header)
+
+
+def _check_declared(name: str, declared: tuple[TensorInfo, ...], inputs: list[TensorInfo]) -> None:
+    for want in declared:
+        actual = next((i for i in inputs if i.name == want.name), None) if want.name else \
+            (inputs[0] if inputs else None)
+        problem = shape_conflict(want, actual) if actual is not None else None
+        if problem:
+            raise ModelFileError(name, problem)
+
+
+# ---- OpenVINO IR -----------------------------------------------------------------
+
+
+def read_ir_header(path: Path) -> dict[str, Any]:
+    """The IR version (``<net version=...>``) and how many .bin bytes the constants read."""
+    name = path.name
+    version, needed = None, 0
+    try:
+        for _, elem in ElementTree.iterparse(path, events=("start",)):
+            if version is None:
+                if elem.tag != "net":
+                    raise ModelFileError(name, f"the .xml is not an OpenVINO IR (its root element is <{elem.tag}>, "
+                                               f"not <net>)")
+                text = elem.get("version", "")
+                version = int(text) if text.isdigit() else text or None
+            elif elem.tag == "data" and elem.get("offset") is not None and elem.get("size") is not None:
+                try:
+                    needed = max(needed, int(elem.get("offset")) + int(elem.get("size")))
+                except ValueError:
+                    pass
+    except ElementTree.ParseError as exc:
+        raise ModelFileError(name, f"the .xml cannot be read ({exc}): it is damaged or not an OpenVINO IR") from None
+    return {"ir_version": version, "bin_bytes_needed": needed}
+
+
+def inspect_openvino(path: Path, name: str | None = None, *, weights: Path | None = None,
+                     weights_name: str | None = None) -> FileReport:
+    name = name or path.name
+    kind = sniff(path)
+    if path.suffix.lower() == ".onnx" or kind == "onnx":
+        return inspect_onnx(path, name, runtime="openvino")
+    if kind != "xml":
+        raise _wrong_format(name, "openvino", kind)
+    header = read_ir_header(path)
+    version = header["ir_version"]
+    if version not in OPENVINO_IR_VERSIONS:
+        try:
+            import openvino
+            runtime = f"openvino {openvino.__version__}"
+        except ImportError:
+            runtime = "the pinned openvino"
+        raise ModelFileError(
+            name, f"the file is OpenVINO IR version {version}, but {runtime} reads IR versions "
+                  f"{' and '.join(map(str, OPENVINO_IR_VERSIONS))}: convert the original model again with this "
+                  f"OpenVINO (ov.save_model(ov.convert_model(...), \"model.xml\")), or upload the ONNX model instead")
+    weights_name = weights_name or posixpath.splitext(name)[0] + ".bin"
+    if weights is None or not weights.is_file():
+        raise ModelFileError(name, f"the IR weights file {weights_name} is missing: upload it next to {name} "
+                                   f"(model.json extra_files lists it)")
+    size = weights.stat().st_size
+    if size < header["bin_bytes_needed"]:
+        raise ModelFileError(weights_name, f"the IR weights file is truncated: it holds {size} bytes, {name} reads "
+                                           f"up to byte {header['bin_bytes_needed']}; upload it again")
+    return FileReport(name, "openvino-ir", header)
+
+
+# ---- one entry point ---------------------------------------------------------------
+
+
+def inspect_file(framework: str, path: Path, *, name: str | None = None, runtime: str | None = None,
+                 extra_paths: Mapping[str, Path] | None = None,
+                 declared: tuple[TensorInfo, ...] = ()) -> FileReport | None:
+    """Check the primary model file of ``framework``; None for frameworks checked elsewhere."""
+    name = name or path.name
+    if not path.is_file():
+        raise ModelFileError(name, f"the model file is missing (expected at {path})")
+    if framework == "pytorch":
+        return inspect_torch(path, name)
+    if framework == "onnx":
+        return inspect_onnx(path, name, runtime=runtime or "onnxruntime", declared=declared)
+    if framework == "openvino":
+        weights_name = posixpath.splitext(name)[0] + ".bin"
+        extra = dict(extra_paths or {})
+        weights = extra.get(weights_name)
+        if weights is None:
+            bins = [p for k, p in extra.items() if k.lower().endswith(".bin")]
+            weights = bins[0] if len(bins) == 1 else path.with_suffix(".bin")
+        return inspect_openvino(path, name, weights=weights, weights_name=weights_name)
+    return None
+
+
+def validate_files(record, local_paths: Mapping[str, Path]) -> FileReport | None:
+    """Check the files of ``record`` (a ModelRecord, or a ModelManifest) as downloaded:
+    ``local_paths`` maps model.json's file names (file_name, extra_files) to local
+    paths. Raises :class:`ModelFileError`; returns what was found (None when the
+    framework has no file-level checks here)."""
+    from common.runtimes import declared_inputs
+
+    manifest = getattr(record, "manifest", record)
+    file_name = manifest.file_name
+    if file_name not in local_paths:
+        raise ModelFileError(file_name, "the model file was not downloaded")
+    extra = {k: Path(v) for k, v in local_paths.items() if k != file_name}
+    return inspect_file(manifest.framework, Path(local_paths[file_name]), name=file_name,
+                        runtime=manifest.runtime.name, extra_paths=extra, declared=declared_inputs(manifest))
+
+
+@contextmanager
+def weights_only_torch_load():
+    """Within the block every ``torch.load`` is ``weights_only=True``, whatever the
+    caller asked: torch.export.load would otherwise fall back to a full unpickle
+    for some payloads of a .pt2, which would run code from a registry file."""
+    import torch
+
+    original = torch.load
+
+    def guarded(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    with _torch_load_lock:
+        torch.load = guarded
+        try:
+            yield
+        finally:
+            torch.load = original
+

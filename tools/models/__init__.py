@@ -1,0 +1,1 @@
+"""Small network architectures written in this project (no torchvision: trap T2)."""
