@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from common.decoders import DecodeContext, Detections, param_defaults, register
+from common.decoders import class_counter, static_dims
 from common.decoders.nms import nms, nms_params
 from common.errors import ModelConfigError
 
@@ -181,3 +182,23 @@ def decode(outputs: Mapping[str, np.ndarray], ctx: DecodeContext, params: Mappin
     picked = nms(cand_boxes, cand_scores, p["iou_threshold"], class_ids, p["class_agnostic"], p["max_detections"])
     log.debug("gfl: %d candidates, %d after NMS", cand_scores.shape[0], picked.shape[0])
     return Detections(cand_boxes[picked], cand_scores[picked], class_ids[picked])
+
+
+@class_counter("gfl")
+def class_count(runtime_outputs, params: Mapping[str, Any]) -> int | None:
+    """C, the width of the score maps [1, N_s, C] (box maps are 4*(reg_max+1) wide; when
+    every map has that width, C is that width too). None for dynamic or odd shapes."""
+    p = {**_DEFAULTS, **params}
+    box_width = 4 * (p["reg_max"] + 1)
+    widths = []
+    for info in runtime_outputs:
+        dims = static_dims(info.shape)
+        if dims is None or len(dims) not in (2, 3):
+            return None
+        widths.append(dims[-1])
+    score_widths = {w for w in widths if w != box_width}
+    if not widths:
+        return None
+    if not score_widths:
+        return box_width
+    return score_widths.pop() if len(score_widths) == 1 else None

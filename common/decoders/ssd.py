@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from common.decoders import DecodeContext, Detections, output_named, param_defaults, register
+from common.decoders import class_counter, output_info, static_dims
 from common.decoders.nms import nms
 from common.errors import ModelConfigError
 
@@ -169,3 +170,25 @@ def decode(outputs: Mapping[str, np.ndarray], ctx: DecodeContext, params: Mappin
         order = np.argsort(-scores, kind="stable")[: p["max_detections"]]
     log.debug("ssd: %d valid rows, %d kept", valid, order.shape[0])
     return Detections(boxes[order], scores[order].astype(np.float32), class_ids[order])
+
+
+@class_counter("ssd")
+def class_count(runtime_outputs, params: Mapping[str, Any]) -> int | None:
+    """C of per-class scores [1, N, C] (no classes tensor; the background column
+    counts, as its index does); 1 for plain [1, N] scores without classes (every row
+    is class 0). None when a classes tensor gives ids as values, or dims are dynamic."""
+    p = {**_DEFAULTS, **params}
+    if p["classes"] is not None and output_info(runtime_outputs, p["classes"]) is not None:
+        return None
+    boxes = output_info(runtime_outputs, p["boxes"])
+    scores = output_info(runtime_outputs, p["scores"])
+    box_dims = static_dims(boxes.shape) if boxes is not None else None
+    score_dims = static_dims(scores.shape) if scores is not None else None
+    if not box_dims or not score_dims:
+        return None
+    n = box_dims[1] if len(box_dims) >= 3 else box_dims[0]
+    last = score_dims[-1]
+    rows = int(np.prod(score_dims[:-1])) if len(score_dims) >= 2 else 1
+    if len(score_dims) >= 2 and last > 1 and rows == n:
+        return last
+    return 1

@@ -30,6 +30,7 @@ import numpy as np
 
 from common.decoders import (DecodeContext, Detections, output_named, output_param, param_defaults,
                              params_schema, register)
+from common.decoders import class_counter, output_info, static_dims
 from common.decoders.nms import nms, nms_params
 from common.errors import ModelConfigError
 
@@ -172,3 +173,23 @@ def decode(outputs: Mapping[str, np.ndarray], ctx: DecodeContext, params: Mappin
     picked = nms(boxes, scores, p["iou_threshold"], class_ids, p["class_agnostic"], p["max_detections"])
     log.debug("yolo: %d candidates over threshold, %d after NMS", keep.shape[0], picked.shape[0])
     return Detections(boxes[picked], scores[picked], class_ids[picked])
+
+
+@class_counter("yolo")
+def class_count(runtime_outputs, params: Mapping[str, Any]) -> int | None:
+    """C from the head's static shape: ``v8`` [1, 4+C, N], ``v8_transposed`` [1, N, 4+C],
+    ``v5`` [1, N, 5+C]; ``auto`` only when it reads as v8 without labels (second
+    dimension the smaller). None with ``nms_in_graph`` (classes are values) or dynamic dims."""
+    p = {**_DEFAULTS, **params}
+    if p["nms_in_graph"]:
+        return None
+    info = output_info(runtime_outputs, p["output"])
+    dims = static_dims(info.shape) if info is not None else None
+    if dims is None or len(dims) not in (2, 3):
+        return None
+    a, b = dims[-2], dims[-1]
+    layout = p["layout"]
+    if layout == "auto":
+        layout = "v8" if a < b else None
+    count = {"v8": a - 4, "v8_transposed": b - 4, "v5": b - 5}.get(layout)
+    return count if count is not None and count > 0 else None
