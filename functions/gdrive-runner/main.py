@@ -3,8 +3,9 @@
 ``init_context`` loads the model named by the environment (see
 common/runner.py) once per worker process and starts its background refresh
 (common/refresh.py: a new version in the registry is loaded off the request
-path and swapped in); ``handler`` answers CVAT's detector payload with the
-model current when the request arrives, kept for the whole request. Errors
+path and swapped in); ``handler`` answers CVAT's payload of the model's kind
+(detector, interactor, tracker or reid: common/serving.py picks the pipeline)
+with the model current when the request arrives, kept for the whole request. Errors
 become JSON ``{"error": ...}`` with the status their class carries (4xx for
 bad requests); the worker keeps serving.
 """
@@ -12,7 +13,6 @@ bad requests); the worker keeps serving.
 import json
 import logging
 
-from common.cvat import parse_detector_request
 from common.errors import PackError
 from common.runner import RunnerSettings, start_refresher
 
@@ -46,10 +46,8 @@ def _json(context, status, payload):
 
 def handler(context, event):
     try:
-        request = parse_detector_request(event.body)
         # Read once: a swap during this request does not change the model it runs on.
-        pipeline = context.user_data.refresher.current.pipeline
-        shapes = pipeline.annotate(request.image, request.threshold)
+        answer = context.user_data.refresher.current.pipeline.handle(event.body)
     except PackError as exc:
         if exc.http_status >= 500:
             context.logger.error_with("request failed", error=str(exc))
@@ -57,4 +55,4 @@ def handler(context, event):
     except Exception as exc:  # never let a bug answer Nuclio's text/plain traceback
         context.logger.error_with("unexpected error", error=repr(exc))
         return _json(context, 500, {"error": f"internal error: {exc}"})
-    return _json(context, 200, shapes)
+    return _json(context, 200, answer)
