@@ -109,3 +109,20 @@ class Registry(ABC):
     @abstractmethod
     def fetch(self, file: RemoteFile, sink: BinaryIO) -> None:
         """Write the file's bytes to ``sink``. Raises RegistryError."""
+
+    def samples(self, record: ModelRecord) -> list[RemoteFile]:
+        """Sample pictures of the model: the image files (SAMPLE_EXTENSIONS) directly in
+        its folder's ``samples/``, sorted by name, at most MAX_SAMPLES; paths are
+        ``samples/<name>``. Fetch them with :meth:`fetch`. Default: none."""
+        return []
+
+
+SAMPLES_FOLDER = "samples"
+SAMPLE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+MAX_SAMPLES = 8
+
+
+def is_sample_image(name: str) -> bool:
+    """Whether a file called ``name`` counts as a sample picture (by extension, any case)."""
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in SAMPLE_EXTENSIONS

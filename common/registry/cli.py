@@ -17,7 +17,18 @@ scope (an API key can only read).
 ``pull NAME [--version V] DEST``                       download a version's files and model.json into DEST
 ``versions NAME``                                      every version, current first
 ``remove NAME``                                        Drive: to the trash; local: into <root>/.trash/
+``sync [--dashboard URL] [--dry-run] [--no-delete]``   publish every model to CVAT through the Nuclio
+``     [--no-smoke] [--json]``                         dashboard, as the registry-sync function does
+                                                       (``--dry-run``: print the diff, write nothing)
+``export DIR [--no-smoke]``                            write each model's rendered Nuclio config as
+                                                       ``DIR/<function>/function.yaml`` (nuctl, GitOps)
 =====================================================  =====================================================
+
+``sync`` and ``export`` read the same settings as the registry-sync function
+(common/publish/sync.py, common/publish/render.py); their cache (lock, Drive
+listing memo, smoke-test copies) is ``SYNC_WORK_DIR`` or
+``~/.cache/cvat-registry``. Both exit 1 when some model could not be
+published or exported (the others still are), after listing why.
 
 Exit status: 0 done, 1 the request failed (one line on stderr, ``cvat-registry:
 error: ...``; validate lists one problem per line), 2 bad usage. Progress of
@@ -219,6 +230,81 @@ def _registry(args: argparse.Namespace, env: Mapping[str, str], write: bool = Fa
     return open_registry(spec, env, write=write)  # ModelConfigError (bad spec, no credentials): exit 1
 
 
+# --------------------------------------------------------------------- publishing
+
+def _sync_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
+    from common.publish.sync import SyncSettings
+
+    merged = dict(env)
+    if args.registry:
+        merged[REGISTRY_SETTING] = args.registry
+    if not merged.get(REGISTRY_SETTING, "").strip():
+        raise UserError(f"no registry: give --registry or set {REGISTRY_SETTING}")
+    if not merged.get("SYNC_WORK_DIR", "").strip():
+        # Lock, listing memo and smoke-test copies; MODEL_CACHE_DIR stays what the
+        # published functions use.
+        merged["SYNC_WORK_DIR"] = str(Path.home() / ".cache" / "cvat-registry")
+    if getattr(args, "dashboard", None):
+        merged["NUCLIO_DASHBOARD_URL"] = args.dashboard
+    if getattr(args, "no_delete", False):
+        merged["SYNC_DELETE_STALE"] = "false"
+    if args.no_smoke:
+        merged["SYNC_SMOKE_TESTS"] = "false"
+    return SyncSettings.from_env(merged)
+
+
+def _print_errors(errors: list[dict[str, str]]) -> None:
+    for e in errors:
+        _err(f"{PROG}: {e['folder']}: {e['error']}")
+
+
+def cmd_sync(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from common.publish.export import diff_text
+    from common.publish.sync import run_sync
+
+    report = run_sync(_sync_settings(args, env), dry_run=args.dry_run)
+    answer = report.as_dict()
+    if args.json:
+        if args.dry_run and report.plan is not None:
+            answer["diff"] = diff_text(report.plan, report.current)
+        _out(json.dumps(answer, indent=2, sort_keys=True))
+    else:
+        if args.dry_run and report.plan is not None:
+            text = diff_text(report.plan, report.current)
+            if text:
+                sys.stdout.write(text)
+        for key in ("created", "updated", "deleted", "unchanged", "kept", "left_alone"):
+            if answer[key]:
+                what = key.replace("_", " ")
+                if args.dry_run and key in ("created", "updated", "deleted"):
+                    what = f"would be {what}"
+                _out(f"{what}: {', '.join(answer[key])}")
+        _out(f"{answer['synced_count']} of {answer['total_folders']} model folders synced, "
+             f"{answer['error_count']} errors")
+    _print_errors(report.errors)
+    return 1 if report.errors else 0
+
+
+def cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from common.cache import ModelCache
+    from common.publish.export import export_configs
+    from common.publish.sync import ListingFailed, SyncReport, collect
+
+    settings = _sync_settings(args, env)
+    registry = open_registry(settings.publish.registry, settings.env,
+                             cache_dir=settings.cache_dir / "registry-listing")
+    report = SyncReport()
+    try:
+        desired = collect(registry, settings, report, ModelCache(settings.cache_dir, settings.publish.cache_size))
+    except ListingFailed as exc:
+        raise UserError(str(exc)) from None
+    written = export_configs(desired.configs, args.dir)
+    for path in written:
+        _out(str(path))
+    _print_errors(report.errors)
+    return 1 if report.errors else 0
+
+
 # --------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +350,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("remove", help="Drive: move to the trash; local: move into .trash/")
     p.add_argument("name")
     p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser("sync", help="publish every model to CVAT through the Nuclio dashboard")
+    p.add_argument("--dashboard", metavar="URL", help="the dashboard (default: $NUCLIO_DASHBOARD_URL)")
+    p.add_argument("--dry-run", action="store_true", help="print what would change; write nothing")
+    p.add_argument("--no-delete", action="store_true", help="keep functions whose model left the registry")
+    p.add_argument("--no-smoke", action="store_true", help="skip the samples/ smoke inference")
+    p.add_argument("--json", action="store_true", help="the run's report as JSON")
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("export", help="write each model's Nuclio config as DIR/<function>/function.yaml")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--no-smoke", action="store_true", help="skip the samples/ smoke inference")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -94,6 +94,7 @@ from common.atomic import atomic_write
 from common.errors import ModelConfigError, ModelNotFound, RegistryError
 from common.manifest import ModelManifest, load_manifest, parse_manifest
 from common.registry import EntryError, Listing, ModelRecord, Registry, RemoteFile
+from common.registry import MAX_SAMPLES, SAMPLES_FOLDER, is_sample_image
 
 __all__ = [
     "CHUNK_SIZE",
@@ -475,6 +476,37 @@ class DriveRegistry(Registry):
         if mark and mark + option != ACKNOWLEDGE_ABUSE:
             raise RegistryError(f"{file.path}: {file.locator!r} is not a Drive file locator")
         self._download(file_id, file.size, file.path, sink, acknowledge_abuse=bool(mark))
+
+    def samples(self, record: ModelRecord) -> list[RemoteFile]:
+        """The model folder's ``samples/`` pictures: the folder found by name (one
+        query, plus the root lookup once per registry object), its children and those
+        of samples/ (one query each), and one files.get per shortcut among the pictures."""
+        session = _Session()
+        folder = self._find(session, record.folder)
+
+        def find() -> list[RemoteFile]:
+            subs = [it for it in session.items(folder.folder_id) if it.name == SAMPLES_FOLDER and it.is_folder]
+            if not subs:
+                return []
+            if len(subs) > 1:
+                raise RegistryError(f"{len(subs)} folders are named {SAMPLES_FOLDER!r}; keep one")
+            pictures = sorted((it for it in session.items(subs[0].folder_id)
+                               if not it.is_folder and is_sample_image(it.name)), key=lambda it: (it.name, it.id))
+            out: list[RemoteFile] = []
+            needs = _Needs()
+            for it in pictures[:MAX_SAMPLES]:
+                rel = f"{SAMPLES_FOLDER}/{it.name}"
+                try:
+                    out.append(self._remote(self._resolve_item(session, it, rel), rel))
+                except _Need as need:
+                    needs.merge(need)
+                except RegistryError as exc:  # a Google Docs file, a dangling shortcut: not a sample
+                    log.warning("%s: sample %s left out: %s", record.folder, it.name, exc)
+            if needs:
+                raise _Need(needs.folders, needs.targets)
+            return out
+
+        return self._settle_one(session, find)
 
     # ================================================================ Drive calls
 

@@ -19,6 +19,7 @@ from typing import BinaryIO
 from common.errors import ModelConfigError, ModelNotFound, RegistryError
 from common.manifest import ModelManifest, load_manifest, parse_manifest
 from common.registry import EntryError, Listing, ModelRecord, Registry, RemoteFile
+from common.registry import MAX_SAMPLES, SAMPLES_FOLDER, is_sample_image
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,19 @@ class LocalRegistry(Registry):
                 shutil.copyfileobj(src, sink, 1 << 20)
         except OSError as exc:
             raise RegistryError(f"cannot read {file.locator}: {exc.strerror}") from exc
+
+    def samples(self, record: ModelRecord) -> list[RemoteFile]:
+        folder = self.root / record.folder / SAMPLES_FOLDER
+        if not folder.is_dir():
+            return []
+        out: list[RemoteFile] = []
+        pictures = sorted(p for p in folder.iterdir() if is_sample_image(p.name) and not p.is_dir())
+        for path in pictures[:MAX_SAMPLES]:  # as the Drive backend: the first names, bad ones dropped
+            try:
+                out.append(self._describe(folder.parent, f"{SAMPLES_FOLDER}/{path.name}"))
+            except (RegistryError, OSError) as exc:  # e.g. a link out of the registry: not a sample
+                log.warning("%s: sample %s left out: %s", record.folder, path.name, exc)
+        return out
 
     # -- helpers -----------------------------------------------------------
     def _find(self, name: str) -> Path:

@@ -35,6 +35,7 @@ class LoggedRequest:
     path: str
     headers: dict[str, str]          # lower-cased names
     body: bytes
+    status: int = 0                  # the status answered (0 until the answer is sent)
 
     def json(self):
         return json.loads(self.body) if self.body else None
@@ -76,6 +77,8 @@ class _Fault:
     method: str | None
     path: str | None
     message: str
+    payload: object = None           # answer_next: sent as the JSON body instead of an error
+    answer: bool = False
 
 
 @dataclass
@@ -97,7 +100,8 @@ class DashboardStandIn:
         self._functions: dict[str, _Function] = {}
         self._projects: dict[str, dict] = {}
         self._faults: list[_Fault] = []
-        self._deploy_errors: dict[str | None, tuple[str, str]] = {}
+        # name (None: any) -> [state, message, deploys left (None: every one)]
+        self._deploy_errors: dict[str | None, list] = {}
         self._next_port = 32768
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -136,14 +140,23 @@ class DashboardStandIn:
         with self._lock:
             self._faults.append(_Fault(status, times, method and method.upper(), path, message))
 
+    def answer_next(self, status: int, payload, times: int = 1, *, method: str | None = None,
+                    path: str | None = None) -> None:
+        """Answer the next ``times`` matching requests with ``status`` and ``payload`` as JSON, verbatim."""
+        with self._lock:
+            self._faults.append(_Fault(status, times, method and method.upper(), path, "", payload, True))
+
     def deploy_error(self, message: str | None = "deploy failed", *, name: str | None = None,
-                     state: str = "error") -> None:
-        """Later deploys (of ``name``, or of all functions) end in ``state`` with ``message``; None clears."""
+                     state: str = "error", times: int | None = None) -> None:
+        """Later deploys (of ``name``, or of all functions) end in ``state`` with ``message``; None clears.
+
+        ``times``: only that many deploys fail, later ones succeed again (None: all of them).
+        """
         with self._lock:
             if message is None:
                 self._deploy_errors.pop(name, None)
             else:
-                self._deploy_errors[name] = (state, message)
+                self._deploy_errors[name] = [state, message, times]
 
     def add_project(self, name: str = "cvat", description: str = "") -> None:
         with self._lock:
@@ -223,7 +236,15 @@ class DashboardStandIn:
 
     def _deploy(self, body: dict, headers: dict, existing: _Function | None) -> _Function:
         name = body["metadata"]["name"]
-        state, message = self._deploy_errors.get(name) or self._deploy_errors.get(None) or ("ready", "")
+        key = name if name in self._deploy_errors else None
+        state, message = "ready", ""
+        if key in self._deploy_errors:
+            state, message, left = self._deploy_errors[key]
+            if left is not None:
+                if left <= 1:
+                    del self._deploy_errors[key]
+                else:
+                    self._deploy_errors[key][2] = left - 1
         ready_at = time.monotonic() + max(0.0, self.ready_after)
         if existing is None:
             self._next_port += 1
@@ -377,15 +398,20 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         headers = {k.lower(): v for k, v in self.headers.items()}
         standin = self.standin
+        logged = LoggedRequest(self.command, path, headers, raw)
         with standin._lock:
-            standin.requests.append(LoggedRequest(self.command, path, headers, raw))
+            standin.requests.append(logged)
         fault = standin._take_fault(self.command, path)
         try:
-            if fault is not None:
+            if fault is not None and fault.answer:
+                result = fault.status, fault.payload
+            elif fault is not None:
                 raise DashboardError(fault.status, fault.message)
-            result = standin.handle(self.command, path, headers, raw)
+            else:
+                result = standin.handle(self.command, path, headers, raw)
         except DashboardError as exc:
             result = exc.status, {"error": exc.message, "errorStackTrace": ""}
+        logged.status = result[1] if result[0] == "raw" else result[0]
         if result[0] == "raw":
             _, status, out_headers, body = result
             extra = {k: v for k, v in (out_headers or {}).items() if not k.lower().startswith("x-nuclio")}
