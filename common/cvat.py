@@ -260,12 +260,17 @@ def parse_threshold(value: Any) -> float | None:
     return threshold
 
 
+def request_image(data: Mapping[str, Any], key: str = "image") -> bytes | str:
+    """The encoded picture under ``key`` of a request object (every function kind sends one)."""
+    image = data.get(key)
+    if image is None or image == "":
+        raise BadRequest(f"missing {key!r} (base64-encoded picture)")
+    if not isinstance(image, (str, bytes)):
+        raise BadRequest(f"{key!r} must be a base64 string, not {type(image).__name__}")
+    return image
+
+
 def parse_detector_request(body: Any) -> DetectorRequest:
     """CVAT detector payload: ``{"image": <base64>, "threshold"?: number}``."""
     data = parse_body(body)
-    image = data.get("image")
-    if image is None or image == "":
-        raise BadRequest("missing 'image' (base64-encoded picture)")
-    if not isinstance(image, (str, bytes)):
-        raise BadRequest(f"'image' must be a base64 string, not {type(image).__name__}")
-    return DetectorRequest(image=image, threshold=parse_threshold(data.get("threshold")))
+    return DetectorRequest(image=request_image(data), threshold=parse_threshold(data.get("threshold")))

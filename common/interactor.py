@@ -38,9 +38,10 @@ import numpy as np
 from common import cvat
 from common.decoders import output_named
 from common.decoders.classification import activate
-from common.errors import BadRequest, ModelConfigError, RuntimeLoadError
+from common.errors import BadRequest, ModelConfigError
 from common.imaging import decode_image
 from common.manifest import ModelManifest
+from common.model_input import pick_input, required_hw, tensor_hw
 from common.preprocess import prepare
 from common.publish.kinds import interactor_annotations
 from common.runtimes import Runtime
@@ -119,11 +120,7 @@ def parse_interactor_request(body: Any, settings: InteractorSettings = Interacto
     A box counts as a prompt: without one, at least ``max(1, min_pos_points)``
     positive points are needed; with one, positive points are optional."""
     data = cvat.parse_body(body)
-    image = data.get("image")
-    if image is None or image == "":
-        raise BadRequest("missing 'image' (base64-encoded picture)")
-    if not isinstance(image, (str, bytes)):
-        raise BadRequest(f"'image' must be a base64 string, not {type(image).__name__}")
+    image = cvat.request_image(data)
     pos, neg = _points(data, "pos_points"), _points(data, "neg_points")
     box = _box(data.get("obj_bbox"))
     if box is None and settings.startswith_box:
@@ -221,23 +218,9 @@ class InteractorPipeline:
                                                          f"output.decoder to {{\"name\": \"{DECODER}\", ...}} "
                                                          f"(see docs/kinds.md)")])
         self.params = {**_SEG_DEFAULTS, **decoder.params}
-        self.input = runtime.inputs[0] if manifest.input.name is None else next(
-            (i for i in runtime.inputs if i.name == manifest.input.name), None)
-        if self.input is None:
-            raise RuntimeLoadError(f"model.json input.name {manifest.input.name!r} is not an input of the model")
-        self.target_hw = self._target_hw()
-
-    def _target_hw(self) -> tuple[int, int]:
-        resize = self.manifest.input.resize
-        if resize.width and resize.height:
-            return resize.height, resize.width
-        shape = self.input.shape
-        if len(shape) == 4:
-            h, w = (shape[2], shape[3]) if self.manifest.input.layout == "NCHW" else (shape[1], shape[2])
-            if h and w:
-                return int(h), int(w)
-        raise RuntimeLoadError(f"cannot tell the input size of {self.input.name} {shape}: "
-                               "set input.preprocessing.resize.width and .height in model.json")
+        self.input = pick_input(manifest.input, runtime.inputs)
+        # regions of any size are fitted to one network size, whatever resize.mode says
+        self.target_hw = required_hw(manifest.input, self.input)
 
     def warm_up(self) -> None:
         h, w = self.target_hw
@@ -251,8 +234,7 @@ class InteractorPipeline:
             tensor = tensor.astype(self.input.dtype, copy=False)
         outputs = self.runtime.run({self.input.name: tensor})
         plane = self._object_plane(np.asarray(output_named(outputs, self.params["output"], "output")))
-        in_h = tensor.shape[2] if self.manifest.input.layout == "NCHW" else tensor.shape[1]
-        in_w = tensor.shape[3] if self.manifest.input.layout == "NCHW" else tensor.shape[2]
+        in_h, in_w = tensor_hw(tensor, self.manifest.input.layout)
         # the map covers the network input; the region occupies [pad, pad + size * scale) of it
         plane = cv2.resize(plane, (int(in_w), int(in_h)), interpolation=cv2.INTER_LINEAR)
         h, w = region.shape[:2]

@@ -21,9 +21,10 @@ import numpy as np
 
 from common import cvat, decoders
 from common.decoders import DecodeContext, Detections
-from common.errors import ModelConfigError, RuntimeLoadError
+from common.errors import ModelConfigError
 from common.imaging import decode_image_for
 from common.manifest import Label, ModelManifest
+from common.model_input import pick_input, required_hw, tensor_hw
 from common.preprocess import Transform, prepare
 from common.runtimes import Runtime
 
@@ -57,32 +58,9 @@ class DetectorPipeline:
         self.runtime = runtime
         self.decoder = _decoder_for(manifest)
         self.labels = manifest.label_by_id()
-        self.input = self._pick_input()
-        self.target_hw = self._target_hw()
-
-    def _pick_input(self):
-        wanted = self.manifest.input.name
-        if wanted is None:
-            return self.runtime.inputs[0]
-        for info in self.runtime.inputs:
-            if info.name == wanted:
-                return info
-        names = ", ".join(i.name for i in self.runtime.inputs)
-        raise RuntimeLoadError(f"model.json input.name {wanted!r} is not an input of the model (inputs: {names})")
-
-    def _target_hw(self) -> tuple[int, int] | None:
-        resize = self.manifest.input.resize
-        if resize.mode == "none":
-            return None
-        if resize.width and resize.height:
-            return resize.height, resize.width
-        shape = self.input.shape
-        if len(shape) == 4:
-            h, w = (shape[2], shape[3]) if self.manifest.input.layout == "NCHW" else (shape[1], shape[2])
-            if h and w:
-                return int(h), int(w)
-        raise RuntimeLoadError(f"cannot tell the input size of {self.input.name} {shape}: "
-                               "set input.preprocessing.resize.width and .height in model.json")
+        self.input = pick_input(manifest.input, runtime.inputs)
+        # resize mode none: the picture goes in at its own size
+        self.target_hw = None if manifest.input.resize.mode == "none" else required_hw(manifest.input, self.input)
 
     def warm_up(self) -> None:
         """One inference on a blank picture at start: the first CVAT request
@@ -102,6 +80,13 @@ class DetectorPipeline:
     def decode(self, outputs: dict[str, np.ndarray], input_hw: tuple[int, int], threshold: float) -> Detections:
         ctx = DecodeContext(input_hw=input_hw, score_threshold=threshold, num_classes=len(self.labels) or None)
         return self.decoder.decode(outputs, ctx, self.manifest.output.decoder.params)
+
+    def detect(self, image: np.ndarray, threshold: float) -> tuple[Detections, Transform]:
+        """The decoder's detections on an H×W×3 uint8 RGB image, in network-input pixels,
+        and the transform that maps them back onto the image."""
+        tensor, transform = self.preprocess(image)
+        outputs = self.runtime.run({self.input.name: tensor})
+        return self.decode(outputs, tensor_hw(tensor, self.manifest.input.layout), threshold), transform
 
     def needed_size(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) a picture of this size is resized to before the network."""
@@ -138,10 +123,7 @@ class DetectorPipeline:
         """
         if threshold is None:
             threshold = self.manifest.output.score_threshold
-        tensor, transform = self.preprocess(image)
-        outputs = self.runtime.run({self.input.name: tensor})
-        hw = (tensor.shape[2], tensor.shape[3]) if self.manifest.input.layout == "NCHW" else tensor.shape[1:3]
-        detections = self.decode(outputs, (int(hw[0]), int(hw[1])), threshold)
+        detections, transform = self.detect(image, threshold)
         height, width = image.shape[:2]
         if full_size is not None and full_size != (width, height):
             transform = transform.then_scale(_reduction(full_size[0], width), _reduction(full_size[1], height))

@@ -48,11 +48,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common.cvat import parse_body
+from common.cvat import _shown, parse_body, request_image
 from common.decoders import output_info
-from common.errors import BadRequest, InvalidImage, ModelConfigError, RuntimeLoadError
+from common.errors import BadRequest, InvalidImage, ModelConfigError
 from common.imaging import decode_image
 from common.manifest import ModelManifest
+from common.model_input import fixed_hw, pick_input
 from common.preprocess import prepare
 from common.runtimes import Runtime, TensorInfo
 
@@ -93,13 +94,6 @@ class ReidRequest:
 
 # -- the request --------------------------------------------------------------
 
-def _shown(value: Any, limit: int = 60) -> str:
-    import json
-
-    text = json.dumps(value, default=str)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def _number(value: Any, what: str) -> float:
     """A finite JSON number (or numeric ASCII string) for ``what``."""
     if isinstance(value, bool) or (isinstance(value, str) and not value.isascii()):
@@ -122,15 +116,6 @@ def _optional_limit(data: dict, key: str) -> float | None:
     if number < 0:
         raise BadRequest(f"{key} must be 0 or more, got {_shown(value)}")
     return number
-
-
-def _image(data: dict, key: str) -> str | bytes:
-    image = data.get(key)
-    if image is None or image == "":
-        raise BadRequest(f"missing {key!r} (base64-encoded picture)")
-    if not isinstance(image, (str, bytes)):
-        raise BadRequest(f"{key!r} must be a base64 string, not {type(image).__name__}")
-    return image
 
 
 def _box(item: Any, where: str, index: int) -> Box:
@@ -161,7 +146,7 @@ def _boxes(data: dict, key: str) -> tuple[Box, ...]:
 def parse_reid_request(body: Any) -> ReidRequest:
     """CVAT's reid payload (cvat-contract.md §2.3); BadRequest names what is wrong."""
     data = parse_body(body)
-    return ReidRequest(image0=_image(data, "image0"), image1=_image(data, "image1"),
+    return ReidRequest(image0=request_image(data, "image0"), image1=request_image(data, "image1"),
                        boxes0=_boxes(data, "boxes0"), boxes1=_boxes(data, "boxes1"),
                        threshold=_optional_limit(data, "threshold"),
                        max_distance=_optional_limit(data, "max_distance"))
@@ -260,7 +245,7 @@ class ReidPipeline:
     def __init__(self, manifest: ModelManifest, runtime: Runtime):
         self.manifest = manifest
         self.runtime = runtime
-        self.input = self._pick_input()
+        self.input = pick_input(manifest.input, runtime.inputs)
         self.output = self._pick_output()
         self.target_hw = self._target_hw()
         batch = self.input.shape[0] if self.input.shape else None
@@ -269,16 +254,6 @@ class ReidPipeline:
         self.batch = self.static_batch or MAX_BATCH
         self.default_threshold = manifest.output.score_threshold
         self.default_max_distance = DEFAULT_MAX_DISTANCE
-
-    def _pick_input(self) -> TensorInfo:
-        wanted = self.manifest.input.name
-        if wanted is None:
-            return self.runtime.inputs[0]
-        for info in self.runtime.inputs:
-            if info.name == wanted:
-                return info
-        names = ", ".join(i.name for i in self.runtime.inputs)
-        raise RuntimeLoadError(f"model.json input.name {wanted!r} is not an input of the model (inputs: {names})")
 
     def _pick_output(self) -> TensorInfo:
         output = self.manifest.raw.get("output") if self.manifest.raw else None
@@ -294,16 +269,9 @@ class ReidPipeline:
         return info
 
     def _target_hw(self) -> tuple[int, int]:
-        resize = self.manifest.input.resize
-        if resize.mode != "none":
-            if resize.width and resize.height:
-                return resize.height, resize.width
-            shape = self.input.shape
-            if len(shape) == 4:
-                nchw = self.manifest.input.layout == "NCHW"
-                h, w = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
-                if h and w:
-                    return int(h), int(w)
+        hw = None if self.manifest.input.resize.mode == "none" else fixed_hw(self.manifest.input, self.input)
+        if hw is not None:
+            return hw
         raise ModelConfigError([("$.input.preprocessing.resize", "a reid model embeds crops at one size: set "
                                  "resize.mode to stretch or letterbox with width and height, or give a static "
                                  "input.shape")])

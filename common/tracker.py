@@ -202,11 +202,7 @@ class TrackerRequest:
 
 def parse_tracker_request(body: Any) -> TrackerRequest:
     data = cvat.parse_body(body)
-    image = data.get("image")
-    if image is None or image == "":
-        raise BadRequest("missing 'image' (base64-encoded picture)")
-    if not isinstance(image, (str, bytes)):
-        raise BadRequest(f"'image' must be a base64 string, not {type(image).__name__}")
+    image = cvat.request_image(data)
     shapes, states = data.get("shapes"), data.get("states")
     if states is None:
         states = []
@@ -243,11 +239,7 @@ class TrackerPipeline:
         """(N, 4) detector boxes on the image (score over model.json's threshold); empty without one."""
         if self.detector is None:
             return np.zeros((0, 4))
-        det = self.detector
-        tensor, transform = det.preprocess(image)
-        outputs = self.runtime.run({det.input.name: tensor})
-        hw = (tensor.shape[2], tensor.shape[3]) if self.manifest.input.layout == "NCHW" else tensor.shape[1:3]
-        found = det.decode(outputs, (int(hw[0]), int(hw[1])), self.manifest.output.score_threshold)
+        found, transform = self.detector.detect(image, self.manifest.output.score_threshold)
         if len(found) == 0:
             return np.zeros((0, 4))
         return transform.boxes_to_image(found.boxes.astype(np.float64))

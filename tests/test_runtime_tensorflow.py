@@ -9,7 +9,9 @@ a particular defect (two signatures, no variables/, a Lambda layer).
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -21,6 +23,7 @@ from common.errors import ModelConfigError, RuntimeLoadError
 from common.manifest import parse_manifest
 from common.pipeline import DetectorPipeline
 from common.runtimes import TensorInfo, declared_inputs, load_runtime
+from common.runtimes.filecheck import FileReport, ModelFileError, inspect_file, validate_files
 from common.runtimes.model_files import detect_format
 from tests.conftest import model_json
 from tools.assets import asset_path
@@ -267,3 +270,134 @@ def test_keras_lambda_refused_in_safe_mode_unless_opted_in(tf, tmp_path):
     assert [o.name for o in runtime.outputs] == ["dense"]
     # (1*2)*1 + (3*2)*10 + 0.5
     assert runtime.run({"x": np.array([[1.0, 3.0]], np.float32)})["dense"].tolist() == [[62.5]]
+
+
+# ---- file checks at validation, before any engine (common.runtimes.filecheck) ----------
+
+
+def test_tensorflow_files_pass_validation_as_what_they_are(ssdlite, tf):
+    manifest = demo_manifest("ssdlite-person-detector-savedmodel")
+    report = validate_files(manifest, {"saved_model/saved_model.pb": ssdlite.saved_model / "saved_model.pb",
+                                       "saved_model/variables": ssdlite.saved_model / "variables"})
+    assert report == FileReport("saved_model/saved_model.pb", "tf_saved_model",
+                                {"graphs": [{"tags": ["serve"], "variables": False, "saver": True}],
+                                 "variables_folder": True})
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(ssdlite.frozen_graph.read_bytes())
+    frozen = validate_files(demo_manifest("ssdlite-person-detector"), {"frozen_inference_graph.pb": ssdlite.frozen_graph})
+    assert frozen == FileReport("frozen_inference_graph.pb", "tf_frozen_graph", {"nodes": len(graph_def.node)})
+    tflite = validate_files(demo_manifest("blazeface-face-detector-tflite"),
+                            {"face_detection_short_range.tflite": build_blazeface().tflite})
+    assert tflite == FileReport("face_detection_short_range.tflite", "tflite", {})
+
+
+def test_savedmodel_variables_folder_checked_at_validation(tf, tmp_path):
+    folder = tmp_path / "saved_model"
+    module = _tiny_module(tf, with_variable=True)
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.detect})
+    pb, name = folder / "saved_model.pb", "saved_model/saved_model.pb"
+    assert inspect_file("tensorflow", pb, name=name).details == {
+        "graphs": [{"tags": ["serve"], "variables": True, "saver": True}], "variables_folder": True}
+    start = "saved_model/saved_model.pb: the SavedModel loads its variables from a variables/ folder, which"
+    hint = ("(expected saved_model/variables/variables.index and saved_model/variables/variables.data-00000-of-00001)"
+            ": list the folder in model.json extra_files, e.g. \"saved_model/variables\"")
+    (folder / "variables" / "variables.index").unlink()
+    with pytest.raises(ModelFileError) as info:
+        inspect_file("tensorflow", pb, name=name)
+    assert str(info.value) == f"{start} lacks variables.index or variables.data-* {hint}"
+    shutil.rmtree(folder / "variables")
+    with pytest.raises(ModelFileError) as info:
+        inspect_file("tensorflow", pb, name=name)
+    assert str(info.value) == f"{start} is missing {hint}"
+    # A graph without variables still has a saver: TensorFlow's loader reads the (empty) checkpoint,
+    # so the folder is needed all the same; validation says so where the load would fail obscurely.
+    plain = tmp_path / "plain"
+    module = _tiny_module(tf, with_variable=False)
+    tf.saved_model.save(module, str(plain), signatures={"serving_default": module.detect})
+    assert inspect_file("tensorflow", plain / "saved_model.pb").details == {
+        "graphs": [{"tags": ["serve"], "variables": False, "saver": True}], "variables_folder": True}
+    assert load_runtime("tensorflow", plain, threads=1).run({"x": np.ones((1, 2), np.float32)})["y"].tolist() == [[5.0]]
+    shutil.rmtree(plain / "variables")
+    with pytest.raises(ModelFileError, match=r"^saved_model\.pb: the SavedModel loads its variables from a "
+                                             r"variables/ folder, which is missing \(expected variables/variables"):
+        inspect_file("tensorflow", plain / "saved_model.pb")
+    with pytest.raises(RuntimeLoadError, match="is not a valid checkpoint"):
+        load_runtime("tensorflow", plain, threads=1)
+
+
+def test_damaged_tensorflow_files_caught_at_validation(ssdlite, tmp_path):
+    (tmp_path / "graph.pb").write_bytes(ssdlite.frozen_graph.read_bytes()[:100_000])
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "saved_model.pb").write_bytes((ssdlite.saved_model / "saved_model.pb").read_bytes()[:100_000])
+    (tmp_path / "fake.tflite").write_bytes(b"\x00" * 64)
+    (tmp_path / "empty.pb").write_bytes(b"")
+    (tmp_path / "cut.keras").write_bytes(b"PK\x03\x04junk")
+    (tmp_path / "notes.pb").write_bytes(b"not a graph at all")
+    cases = [
+        ("graph.pb", r"graph\.pb: the frozen graph is damaged or truncated \(field 1 at byte \d+ needs \d+ bytes, \d+ "
+                     r"are left; 100000 bytes\): upload it again"),
+        ("cut/saved_model.pb", r"saved_model\.pb: the SavedModel's saved_model\.pb is damaged or truncated \(field 2 "
+                               r"at byte 7 needs \d+ bytes, 99993 are left; 100000 bytes\): upload it again"),
+        ("fake.tflite", r'fake\.tflite: the file is not a TensorFlow Lite model: it has no "TFL3" identifier at byte 4: '
+                        r"upload the \.tflite file again, or check framework in model\.json"),
+        ("empty.pb", r"empty\.pb: the file is empty \(0 bytes\): upload it again"),
+        ("cut.keras", r"cut\.keras: the \.keras archive is truncated or damaged: it starts as a zip archive but has no "
+                      r"end-of-archive directory \(8 bytes\); upload it again"),
+        ("notes.pb", r"notes\.pb: the file is neither a SavedModel's saved_model\.pb nor a frozen GraphDef: it is "
+                     r"damaged or another format; upload it again, or check framework in model\.json"),
+    ]
+    for file, message in cases:
+        with pytest.raises(ModelFileError, match=f"^{message}$"):
+            inspect_file("tensorflow", tmp_path / file)
+
+
+def test_tensorflow_and_keras_files_of_the_wrong_format(ssdlite, tf, tmp_path):
+    import keras
+
+    with pytest.raises(ModelFileError) as info:
+        inspect_file("tensorflow", ssdlite.ir_xml)
+    assert str(info.value) == ('ssdlite.xml: the file is an OpenVINO IR .xml, not a tensorflow model: set framework '
+                               '"openvino" in model.json')
+    with pytest.raises(ModelFileError) as info:
+        inspect_file("keras", build_blazeface().tflite, name="face.keras")
+    assert str(info.value) == ('face.keras: the file is a TensorFlow Lite model, not a Keras model (.keras or .h5): '
+                               'set framework "tensorflow" in model.json')
+    with pytest.raises(ModelFileError) as info:
+        inspect_file("tensorflow", ssdlite.saved_model / "saved_model.pb", runtime="tflite")
+    assert str(info.value) == ('saved_model.pb: the file is a TensorFlow SavedModel; runtime "tflite" runs only a '
+                               'TensorFlow Lite flatbuffer: leave runtime.name out of model.json (runtime "tensorflow" '
+                               'opens it)')
+    # Keras files pass under either framework; a zip that is not a Keras model does not
+    inp = keras.Input((2,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(1, name="dense")(inp))
+    model.save(tmp_path / "m.keras")
+    model.save(tmp_path / "m.h5")
+    for framework in ("keras", "tensorflow"):
+        for file, kind in (("m.keras", "keras"), ("m.h5", "hdf5")):
+            manifest = parse_manifest(model_json("k", framework=framework, file_name=file,
+                                                 input=NO_RESIZE | {"name": "x", "shape": [None, 2]}))
+            assert validate_files(manifest, {file: tmp_path / file}) == FileReport(file, kind, {})
+    with zipfile.ZipFile(tmp_path / "other.keras", "w") as z:
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(ModelFileError) as info:
+        inspect_file("keras", tmp_path / "other.keras")
+    assert str(info.value) == ('other.keras: the zip archive is not a Keras model (it has no config.json with '
+                               'model.weights.h5 or metadata.json): save the model with model.save("model.keras")')
+
+
+def test_detect_format_names_what_a_damaged_file_starts_as(tmp_path):
+    files = {"empty.bin": b"", "cut.zip": b"PK\x03\x04junk", "doc.xml": b"<?xml version='1.0'?><graph/>",
+             "cut.onnx": b"\x08\x0a\x3a\xff\xff\xff\x0f", "old.pth": pickle.dumps({"w": 1}, protocol=2)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    assert {n: detect_format(tmp_path / n, partial=True) for n in files} == {
+        "empty.bin": "empty", "cut.zip": "zip", "doc.xml": "xml", "cut.onnx": "onnx", "old.pth": "pickle"}
+    # without partial only what the content confirms is named
+    assert {n: detect_format(tmp_path / n) for n in files} == {
+        "empty.bin": None, "cut.zip": None, "doc.xml": None, "cut.onnx": None, "old.pth": "pickle"}
+    with pytest.raises(RuntimeLoadError) as info:
+        load_runtime("onnxruntime", tmp_path / "old.pth")
+    assert str(info.value) == (
+        "old.pth: this is a Python pickle (legacy torch.save or pickle.dump), which runtime 'onnxruntime' cannot run "
+        "(it runs an ONNX model); set \"framework\": \"pytorch\" in model.json (and leave runtime.name out, or pick a "
+        "runtime that runs it)")

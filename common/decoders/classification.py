@@ -22,15 +22,18 @@ from common.errors import ModelConfigError
 
 log = logging.getLogger(__name__)
 
+ACTIVATIONS = ("none", "softmax", "sigmoid")  # what activate() applies
+
+
+def activation_param(description: str) -> dict[str, Any]:
+    """The schema of a decoder parameter naming one of :data:`ACTIVATIONS` (default none)."""
+    return {"type": "string", "enum": list(ACTIVATIONS), "default": "none", "description": description}
+
+
 PARAMS_SCHEMA: dict[str, Any] = params_schema("classifier decoder parameters", {
     "output": output_param("the class scores"),
-    "activation": {
-        "type": "string",
-        "enum": ["none", "softmax", "sigmoid"],
-        "default": "none",
-        "description": "Applied to the scores first: 'softmax' (logits of one-of-C classes), 'sigmoid' "
-                       "(independent logits, multi-label) or 'none' (default: already probabilities).",
-    },
+    "activation": activation_param("Applied to the scores first: 'softmax' (logits of one-of-C classes), 'sigmoid' "
+                                   "(independent logits, multi-label) or 'none' (default: already probabilities)."),
     "multi_label": {
         "type": "boolean",
         "default": False,

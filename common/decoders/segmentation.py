@@ -35,7 +35,7 @@ import numpy as np
 
 from common.decoders import (DecodeContext, Detections, output_named, output_param, param_defaults,
                              params_schema, register)
-from common.decoders.classification import activate
+from common.decoders.classification import activate, activation_param
 from common.errors import ModelConfigError
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,8 @@ PARAMS_SCHEMA: dict[str, Any] = params_schema("semantic_segmentation decoder par
         "description": "Axis order of per-class maps: 'NCHW' [1, C, h, w], 'NHWC' [1, h, w, C], 'auto' "
                        "(default) the axis as long as the label count (without labels: the shorter of axes 1, 3).",
     },
-    "activation": {
-        "type": "string",
-        "enum": ["none", "softmax", "sigmoid"],
-        "default": "none",
-        "description": "Applied to per-class values: 'softmax' over classes, 'sigmoid', or 'none' (default: "
-                       "already probabilities).",
-    },
+    "activation": activation_param("Applied to per-class values: 'softmax' over classes, 'sigmoid', or 'none' "
+                                   "(default: already probabilities)."),
     "threshold": {
         "type": "number",
         "minimum": 0,

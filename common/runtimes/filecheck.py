@@ -16,6 +16,12 @@ What is checked, per framework:
   ONNX Runtime runs, and model.json's input.shape agrees with the graph's.
 * openvino: the IR version in the .xml is one this OpenVINO reads, the .bin
   is there and long enough for every constant the .xml reads from it.
+* tensorflow, keras: the file is a format the framework's runtime opens
+  (SavedModel, frozen graph, .tflite, .keras, .h5); a SavedModel's
+  saved_model.pb is whole and, when its graph has variables, its variables/
+  folder is there; a frozen graph is whole; a .tflite has its identifier.
+
+What a file is comes from :func:`common.runtimes.model_files.detect_format`.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from xml.etree import ElementTree
 
 from common.errors import RuntimeLoadError
 from common.runtimes import TensorInfo, shape_conflict
+from common.runtimes.model_files import FORMATS, RUNTIME_FORMATS, detect_format
 
 log = logging.getLogger(__name__)
 
@@ -61,41 +68,32 @@ class ModelFileError(RuntimeLoadError):
 @dataclass(frozen=True)
 class FileReport:
     """What :func:`inspect_file` found: ``kind`` (torchscript, torch.export, onnx,
-    openvino-ir) and format details (opset, IR version, input shapes...)."""
+    openvino-ir, tf_saved_model, tf_frozen_graph, tflite, keras, hdf5) and format
+    details (opset, IR version, input shapes...)."""
 
     file: str
     kind: str
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-# ---- sniffing ----------------------------------------------------------------
+# ---- what the file is ---------------------------------------------------------
 
 
-def sniff(path: Path) -> str:
-    """A guess at the format from the first bytes: zip, pickle, xml, hdf5,
-    tflite, onnx, empty or unknown."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if not head:
-        return "empty"
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return "zip"
-    if head[0] == 0x80 and len(head) > 1 and head[1] <= 5:
-        return "pickle"
-    if head.lstrip().startswith((b"<?xml", b"<net")):
-        return "xml"
-    if head.startswith(b"\x89HDF"):
-        return "hdf5"
-    if head[4:8] == b"TFL3":
-        return "tflite"
-    if head[0] == 0x08:  # ModelProto field 1 (ir_version), varint: how every ONNX writer starts
-        return "onnx"
-    return "unknown"
+def file_format(path: Path) -> str:
+    """What the file is by its content: a key of model_files' FORMATS, or of its
+    PARTIAL_FORMATS for a file that only starts as one (``empty``, ``zip``,
+    ``xml``, ``onnx``); ``unknown`` otherwise."""
+    return detect_format(path, partial=True) or "unknown"
 
 
-_FORMAT_NAMES = {"xml": ("an OpenVINO IR .xml", "openvino"), "hdf5": ("a Keras HDF5 file", "keras"),
+_ZIP = ("a zip archive (PyTorch or Keras)", None)
+_IR = ("an OpenVINO IR .xml", "openvino")
+_FORMAT_NAMES = {"openvino_ir": _IR, "xml": _IR, "hdf5": ("a Keras HDF5 file", "keras"),
                  "tflite": ("a TensorFlow Lite model", "tensorflow"), "onnx": ("an ONNX model", "onnx"),
-                 "zip": ("a zip archive (PyTorch or Keras)", None), "pickle": ("a Python pickle (PyTorch)", "pytorch")}
+                 "zip": _ZIP, "torchscript": _ZIP, "keras": _ZIP, "pickle": ("a Python pickle (PyTorch)", "pytorch"),
+                 "tf_saved_model": ("a TensorFlow SavedModel", "tensorflow"),
+                 "tf_frozen_graph": ("a TensorFlow frozen graph (GraphDef .pb)", "tensorflow")}
+_ZIP_FORMATS = ("zip", "torchscript", "keras")
 
 
 def _wrong_format(name: str, framework: str, found: str) -> ModelFileError:
@@ -179,10 +177,10 @@ def _torch_pickle_problem(name: str, globals_: list[str], legacy: bool) -> Model
 def inspect_torch(path: Path, name: str | None = None) -> FileReport:
     """``torchscript`` or ``torch.export`` (.pt2); anything else is a ModelFileError saying what it is."""
     name = name or path.name
-    kind = sniff(path)
+    kind = file_format(path)
     if kind == "pickle":
         raise _torch_pickle_problem(name, pickle_globals(path.read_bytes()), legacy=True)
-    if kind != "zip":
+    if kind not in _ZIP_FORMATS:
         raise _wrong_format(name, "pytorch", kind)
     if not zipfile.is_zipfile(path):
         raise ModelFileError(name, f"the file is truncated or damaged: it starts as a zip archive (TorchScript / "
@@ -384,7 +382,7 @@ def onnxruntime_max_opset() -> int | None:
 def inspect_onnx(path: Path, name: str | None = None, *, runtime: str = "onnxruntime",
                  declared: tuple[TensorInfo, ...] = ()) -> FileReport:
     name = name or path.name
-    kind = sniff(path)
+    kind = file_format(path)
     if kind != "onnx":
         raise _wrong_format(name, "onnx", kind)
     header = read_onnx_header(path)
@@ -439,10 +437,10 @@ def read_ir_header(path: Path) -> dict[str, Any]:
 def inspect_openvino(path: Path, name: str | None = None, *, weights: Path | None = None,
                      weights_name: str | None = None) -> FileReport:
     name = name or path.name
-    kind = sniff(path)
+    kind = file_format(path)
     if path.suffix.lower() == ".onnx" or kind == "onnx":
         return inspect_onnx(path, name, runtime="openvino")
-    if kind != "xml":
+    if kind not in ("openvino_ir", "xml"):
         raise _wrong_format(name, "openvino", kind)
     header = read_ir_header(path)
     version = header["ir_version"]
@@ -467,6 +465,129 @@ def inspect_openvino(path: Path, name: str | None = None, *, weights: Path | Non
     return FileReport(name, "openvino-ir", header)
 
 
+# ---- TensorFlow and Keras (read with the protobuf reader above: no TensorFlow import) ----
+
+# model.json framework -> the formats the tensorflow runtime opens for it
+_TF_FORMATS = {"tensorflow": ("tf_saved_model", "tf_frozen_graph", "tflite", "keras", "hdf5"),
+               "keras": ("keras", "hdf5")}
+_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def _walk(path: Path, name: str, what: str, read) -> Any:
+    """``read(buf)`` over the file's bytes; a ModelFileError when the protobuf is cut or damaged."""
+    if path.stat().st_size == 0:  # (mmap refuses an empty file)
+        raise _wrong_format(name, "tensorflow", "empty")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            return read(buf)
+        except _Malformed as exc:
+            raise ModelFileError(name, f"{what} is damaged or truncated ({exc}; {len(buf)} bytes): "
+                                       f"upload it again") from None
+
+
+def _meta_graphs(buf) -> list[dict[str, Any]]:
+    """Per MetaGraphDef of a SavedModel: its tags, whether it has variables (an object graph
+    node of kind variable, or a non-empty ``variables`` / ``trainable_variables`` collection)
+    and whether it has a saver (``saver_def``: loading restores the variables/ checkpoint)."""
+    graphs = []
+    for number, wire, span in _fields(buf, 0, len(buf)):
+        if number != 2 or wire != 2:  # SavedModel.meta_graphs
+            continue
+        tags, variables, saver = [], False, False
+        for n2, w2, v2 in _fields(buf, *span):
+            if w2 != 2:
+                continue
+            saver |= n2 == 3  # saver_def
+            if n2 == 1:  # meta_info_def
+                tags += [_text(buf, v3) for n3, w3, v3 in _fields(buf, *v2) if n3 == 4 and w3 == 2]
+            elif n2 == 4:  # collection_def: map entry {key 1, CollectionDef 2}
+                entry = {n3: v3 for n3, w3, v3 in _fields(buf, *v2) if w3 == 2}
+                if 1 in entry and 2 in entry and _text(buf, entry[1]) in ("variables", "trainable_variables"):
+                    # node_list 1 / bytes_list 2, each {repeated value 1}
+                    variables |= any(n4 in (1, 2) and any(n5 == 1 for n5, _, _ in _fields(buf, *v4))
+                                     for n4, w4, v4 in _fields(buf, *entry[2]) if w4 == 2)
+            elif n2 == 7:  # object_graph_def: nodes 1, each a SavedObject with kind variable = 7
+                variables |= any(n4 == 7 for n3, w3, v3 in _fields(buf, *v2) if n3 == 1 and w3 == 2
+                                 for n4, _, _ in _fields(buf, *v3))
+        graphs.append({"tags": tags, "variables": variables, "saver": saver})
+    return graphs
+
+
+def _check_saved_model(path: Path, name: str) -> FileReport:
+    """saved_model.pb is whole, holds a graph, and the variables/ folder next to it is
+    there when the serving graph (tag serve, else the only one) reads it: when it has
+    variables or a saver (TensorFlow's loader then restores the checkpoint, even an empty one)."""
+    if path.name != "saved_model.pb":  # the text form: TensorFlow reads it, this reader does not
+        return FileReport(name, "tf_saved_model", {})
+    graphs = _walk(path, name, "the SavedModel's saved_model.pb", _meta_graphs)
+    if not graphs:
+        raise ModelFileError(name, "the SavedModel holds no graph: export it again with tf.saved_model.save")
+    serving = next((g for g in graphs if "serve" in g["tags"]), graphs[0] if len(graphs) == 1 else None)
+    folder = path.parent / "variables"
+    complete = (folder / "variables.index").is_file() and any(folder.glob("variables.data-*"))
+    if serving is not None and (serving["variables"] or serving["saver"]) and not complete:
+        where = posixpath.join(posixpath.dirname(name), "variables")
+        what = "is missing" if not folder.is_dir() else "lacks variables.index or variables.data-*"
+        raise ModelFileError(name, f"the SavedModel loads its variables from a variables/ folder, which {what} "
+                                   f"(expected {where}/variables.index and {where}/variables.data-00000-of-00001): "
+                                   f"list the folder in model.json extra_files, e.g. \"{where}\"")
+    return FileReport(name, "tf_saved_model", {"graphs": graphs, "variables_folder": complete})
+
+
+def _check_frozen_graph(path: Path, name: str) -> FileReport:
+    """The GraphDef is whole (every top-level field fits in the file) and has nodes."""
+    def nodes(buf) -> int:
+        return sum(1 for number, wire, _ in _fields(buf, 0, len(buf)) if number == 1 and wire == 2)
+
+    count = _walk(path, name, "the frozen graph", nodes)
+    if not count:
+        raise ModelFileError(name, "the frozen graph has no nodes")
+    return FileReport(name, "tf_frozen_graph", {"nodes": count})
+
+
+def inspect_tensorflow(path: Path, name: str | None = None, *, framework: str = "tensorflow",
+                       runtime: str | None = None) -> FileReport:
+    """A file of framework ``tensorflow`` or ``keras``: a format ``runtime`` (default
+    tensorflow) opens for it, and whole; anything else is a ModelFileError saying what it is."""
+    name = name or path.name
+    kind = file_format(path)
+    runtime = runtime or "tensorflow"
+    runs = RUNTIME_FORMATS.get(runtime, frozenset(FORMATS))
+    allowed = [f for f in _TF_FORMATS[framework] if f in runs]
+    if kind in allowed:
+        if kind == "tf_saved_model":
+            return _check_saved_model(path, name)
+        if kind == "tf_frozen_graph":
+            return _check_frozen_graph(path, name)
+        return FileReport(name, kind, {})
+    what = _FORMAT_NAMES.get(kind, ("not a format this runner knows",))[0]
+    if kind in _TF_FORMATS["tensorflow"]:  # a TensorFlow format, but not one for this framework / runtime
+        if framework == "keras":
+            raise ModelFileError(name, f'the file is {what}, not a Keras model (.keras or .h5): set framework '
+                                       f'"tensorflow" in model.json')
+        raise ModelFileError(name, f'the file is {what}; runtime "{runtime}" runs only '
+                                   f'{", ".join(FORMATS[f][0] for f in allowed)}: leave runtime.name out of '
+                                   f'model.json (runtime "tensorflow" opens it)')
+    if kind == "empty":
+        raise _wrong_format(name, framework, kind)
+    suffix = path.suffix.lower()
+    if allowed == ["tflite"] or suffix == ".tflite":
+        it_is = f" (it is {what})" if kind != "unknown" else ""
+        raise ModelFileError(name, f'the file is not a TensorFlow Lite model: it has no "TFL3" identifier at byte '
+                                   f'4{it_is}: upload the .tflite file again, or check framework in model.json')
+    if kind == "zip" and (framework == "keras" or suffix in _KERAS_SUFFIXES):
+        if not zipfile.is_zipfile(path):
+            raise ModelFileError(name, f"the .keras archive is truncated or damaged: it starts as a zip archive but "
+                                       f"has no end-of-archive directory ({path.stat().st_size} bytes); upload it "
+                                       f"again")
+        raise ModelFileError(name, 'the zip archive is not a Keras model (it has no config.json with '
+                                   'model.weights.h5 or metadata.json): save the model with model.save("model.keras")')
+    if kind == "unknown" and suffix == ".pb":
+        raise ModelFileError(name, "the file is neither a SavedModel's saved_model.pb nor a frozen GraphDef: it is "
+                                   "damaged or another format; upload it again, or check framework in model.json")
+    raise _wrong_format(name, framework, kind)
+
+
 # ---- one entry point ---------------------------------------------------------------
 
 
@@ -489,6 +610,8 @@ def inspect_file(framework: str, path: Path, *, name: str | None = None, runtime
             bins = [p for k, p in extra.items() if k.lower().endswith(".bin")]
             weights = bins[0] if len(bins) == 1 else path.with_suffix(".bin")
         return inspect_openvino(path, name, weights=weights, weights_name=weights_name)
+    if framework in _TF_FORMATS:
+        return inspect_tensorflow(path, name, framework=framework, runtime=runtime)
     return None
 
 

@@ -5,13 +5,15 @@ bytes, or the first protobuf fields), without importing any framework, so a
 file handed to the wrong runtime gets a clear error instead of the engine's
 own parse failure: :func:`check_runtime_can_run` raises
 :class:`~common.errors.RuntimeLoadError` naming the format and the framework
-to set.
+to set. :mod:`common.runtimes.filecheck` asks it too (``partial=True``), to
+tell a damaged file by what it starts as.
 """
 
 from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+
 from common.errors import RuntimeLoadError
 
 # format -> (what it is, in words; the model.json framework that runs it)
@@ -24,6 +26,15 @@ FORMATS: dict[str, tuple[str, str]] = {
     "keras": ("a Keras model (.keras)", "keras"),
     "hdf5": ("an HDF5 file (Keras .h5)", "keras"),
     "torchscript": ("a PyTorch archive (TorchScript or torch.save)", "pytorch"),
+    "pickle": ("a Python pickle (legacy torch.save or pickle.dump)", "pytorch"),
+}
+# What detect_format(partial=True) also answers for a file that only starts
+# like a format: the rest is damaged, cut short or undecided.
+PARTIAL_FORMATS: dict[str, str] = {
+    "empty": "an empty file (0 bytes)",
+    "zip": "a zip archive that is neither a PyTorch nor a Keras model, or a damaged one",
+    "xml": "an XML file that is not an OpenVINO IR",
+    "onnx": "a protobuf that starts as an ONNX model (ir_version) but is not a whole one",
 }
 
 # runtime -> formats it runs. A runtime missing here is not checked.
@@ -37,9 +48,12 @@ RUNTIME_FORMATS: dict[str, frozenset[str]] = {
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
-def detect_format(path: Path | str) -> str | None:
+def detect_format(path: Path | str, *, partial: bool = False) -> str | None:
     """The format of the file (or SavedModel folder) at ``path``, a key of
-    :data:`FORMATS`; None when unknown or unreadable."""
+    :data:`FORMATS`; None when unknown or unreadable.
+
+    With ``partial``, a file the content does not confirm is named by what it
+    starts as, a key of :data:`PARTIAL_FORMATS`, where it starts as one."""
     path = Path(path)
     if path.is_dir():
         return "tf_saved_model" if (path / "saved_model.pb").is_file() else None
@@ -50,18 +64,22 @@ def detect_format(path: Path | str) -> str | None:
             head = f.read(4096)
     except OSError:
         return None
+    if not head:
+        return "empty" if partial else None
     if head[4:8] == b"TFL3":
         return "tflite"
     if any(head[at:at + 8] == _HDF5_MAGIC for at in (0, 512, 1024, 2048)):
         return "hdf5"
     if head.startswith(b"PK"):
-        return _zip_format(path)
+        return _zip_format(path) or ("zip" if partial else None)
     text = head.lstrip()
     if text.startswith(b"<") and b"<net" in head:
         return "openvino_ir"
-    if head[:1] == b"\x80":  # a pickle protocol 2+ header: legacy torch.save
-        return "torchscript"
-    return _protobuf_format(path)
+    if partial and text.startswith(b"<?xml"):
+        return "xml"
+    if head[0] == 0x80 and len(head) > 1 and head[1] <= 5:  # PROTO opcode: a pickle (legacy torch.save)
+        return "pickle"
+    return _protobuf_format(path, partial)
 
 
 def _zip_format(path: Path) -> str | None:
@@ -119,9 +137,11 @@ def _protobuf_fields(path: Path, limit: int = 64) -> list[tuple[int, int]]:
     return fields
 
 
-def _protobuf_format(path: Path) -> str | None:
+def _protobuf_format(path: Path, partial: bool = False) -> str | None:
     """ONNX ModelProto (ir_version varint 1, graph 7, opset_import 8) or
-    TensorFlow GraphDef (node 1, library 2, versions 4, all messages)."""
+    TensorFlow GraphDef (node 1, library 2, versions 4, all messages); with
+    ``partial``, ONNX too for what starts with ir_version (how every ONNX writer
+    starts) and stops, cut short or damaged, before it is whole."""
     try:
         fields = _protobuf_fields(path)
     except OSError:
@@ -133,6 +153,8 @@ def _protobuf_format(path: Path) -> str | None:
         return "onnx"
     if (1, 2) in fields and all(wire == 2 for n, wire in fields if n in (1, 2, 4)) and numbers <= {1, 2, 3, 4}:
         return "tf_frozen_graph"
+    if partial and fields[0] == (1, 0):
+        return "onnx"
     return None
 
 

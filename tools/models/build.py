@@ -16,16 +16,12 @@ The ImageNet class names are not in any pinned wheel, so labels are
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.assets import ASSETS, asset_path, assets_dir
+from tools.assets import ASSETS, asset_path
+from tools.models.cache import built_folder, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +50,7 @@ def imagenet_labels() -> list[str]:
 def _key() -> str:
     import torch
 
-    text = f"{ASSETS[WEIGHTS].sha256}|torch {torch.__version__}|builder {BUILDER_VERSION}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return cache_key(ASSETS[WEIGHTS].sha256, f"torch {torch.__version__}", f"builder {BUILDER_VERSION}")
 
 
 def _files(folder: Path) -> MobileNetFiles:
@@ -77,28 +72,7 @@ def load_mobilenet_v2():
 
 def build_mobilenet_v2() -> MobileNetFiles:
     """The built files, building them on first use (one builder at a time, across processes)."""
-    root = assets_dir() / "built"
-    folder = root / f"mobilenet_v2-{_key()}"
-    files = _files(folder)
-    if (folder / "done").exists():
-        return files
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (folder / "done").exists():
-            return files
-        work = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
-        os.chmod(work, 0o755)
-        try:
-            _build(work)
-            (work / "done").write_text("ok\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(work, folder)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    log.info("built MobileNetV2 files in %s", folder)
-    return files
+    return _files(built_folder("mobilenet_v2", _key(), _build, "MobileNetV2 files"))
 
 
 def _build(out: Path) -> None:

@@ -16,17 +16,13 @@ weights, torch and :data:`BUILDER_VERSION`. Usage:
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.assets import ASSETS, assets_dir
+from tools.assets import ASSETS
 from tools.models.build import INPUT_SHAPE, WEIGHTS, load_mobilenet_v2
+from tools.models.cache import built_folder, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +42,7 @@ class ReidFiles:
 def _key() -> str:
     import torch
 
-    text = f"{ASSETS[WEIGHTS].sha256}|torch {torch.__version__}|reid builder {BUILDER_VERSION}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return cache_key(ASSETS[WEIGHTS].sha256, f"torch {torch.__version__}", f"reid builder {BUILDER_VERSION}")
 
 
 def feature_extractor():
@@ -71,28 +66,8 @@ def feature_extractor():
 
 def build_reid_features() -> ReidFiles:
     """The built file, building it on first use (one builder at a time, across processes)."""
-    root = assets_dir() / "built"
-    folder = root / f"mobilenet_v2_reid-{_key()}"
-    files = ReidFiles(folder, folder / FILE_NAME)
-    if (folder / "done").exists():
-        return files
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (folder / "done").exists():
-            return files
-        work = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
-        os.chmod(work, 0o755)
-        try:
-            _build(work)
-            (work / "done").write_text("ok\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(work, folder)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    log.info("built the MobileNetV2 feature extractor in %s", folder)
-    return files
+    folder = built_folder("mobilenet_v2_reid", _key(), _build, "the MobileNetV2 feature extractor")
+    return ReidFiles(folder, folder / FILE_NAME)
 
 
 def reid_model_folder() -> Path:

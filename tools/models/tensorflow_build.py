@@ -14,18 +14,14 @@ versions and this builder. Usage: ``python -m tools.models.tensorflow_build``.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
-from tools.assets import ASSETS, asset_path, assets_dir
+from tools.assets import ASSETS, asset_path
+from tools.models.cache import built_folder, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -61,44 +57,18 @@ def _version(dist: str) -> str:
 
 
 def _key(source: str) -> str:
-    text = (f"{ASSETS[source].sha256}|tensorflow-cpu {_version('tensorflow-cpu')}|openvino {_version('openvino')}"
-            f"|builder {BUILDER_VERSION}")
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _built(name: str, source: str, build: Callable[[Path], None]) -> Path:
-    """``<assets>/built/<name>-<key>``, built by ``build(folder)`` on first use (one builder at a time)."""
-    root = assets_dir() / "built"
-    folder = root / f"{name}-{_key(source)}"
-    if (folder / "done").exists():
-        return folder
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (folder / "done").exists():
-            return folder
-        work = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
-        os.chmod(work, 0o755)
-        try:
-            build(work)
-            (work / "done").write_text("ok\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(work, folder)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    log.info("built %s in %s", name, folder)
-    return folder
+    return cache_key(ASSETS[source].sha256, f"tensorflow-cpu {_version('tensorflow-cpu')}",
+                     f"openvino {_version('openvino')}", f"builder {BUILDER_VERSION}")
 
 
 def build_ssdlite() -> SsdliteFiles:
-    folder = _built("ssdlite-person", SSDLITE_GRAPH, _build_ssdlite)
+    folder = built_folder("ssdlite-person", _key(SSDLITE_GRAPH), _build_ssdlite)
     return SsdliteFiles(asset_path(SSDLITE_GRAPH), folder / "saved_model", folder / "ssdlite.xml",
                         folder / "ssdlite.bin")
 
 
 def build_blazeface() -> BlazefaceFiles:
-    folder = _built("blazeface-tflite", BLAZEFACE_TFLITE, _build_blazeface)
+    folder = built_folder("blazeface-tflite", _key(BLAZEFACE_TFLITE), _build_blazeface)
     return BlazefaceFiles(asset_path(BLAZEFACE_TFLITE), folder / "blazeface.xml", folder / "blazeface.bin")
 
 
