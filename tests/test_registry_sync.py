@@ -336,3 +336,52 @@ def test_two_replicas_syncing_at_once_publish_each_model_once(registry, tmp_path
         settings = SyncSettings.from_env(_env(registry, slow, tmp_path / "a"))
         assert run_sync(settings).as_dict()["unchanged"] == NAMES
         assert slow.writes == []
+
+
+# ---- the gate inside a run: samples/ smoke inference, previous versions ----------------------------
+
+def test_samples_are_run_before_publishing_and_a_wrong_label_count_blocks_the_model(registry, dash, tmp_path):
+    from tools.assets import asset_path
+
+    for folder, picture in (("cdla-layout-detector", "page.png"), ("blazeface-face-detector", "astronaut.png")):
+        (registry / folder / "samples").mkdir()
+        shutil.copy(asset_path(picture), registry / folder / "samples" / picture)
+    # A second copy of the layout model whose model.json forgot a class: the network has 10.
+    shutil.copytree(registry / "cdla-layout-detector", registry / "layout-nine-labels")
+    path = registry / "layout-nine-labels" / "model.json"
+    data = json.loads(path.read_text())
+    data["name"], data["labels"] = "layout-nine-labels", data["labels"][:9]
+    path.write_text(json.dumps(data))
+
+    report = _sync(registry, dash, tmp_path, SYNC_SMOKE_TESTS="true").as_dict()
+
+    [error] = report["errors"]
+    assert error["folder"] == "layout-nine-labels"
+    assert "10" in error["error"] and "9" in error["error"], error["error"]
+    assert dash.function("gdrive-layout-nine-labels") is None
+    assert report["synced"] == DEMO  # the two models with samples passed their smoke test
+
+
+def test_previous_versions_get_their_own_pinned_functions_when_asked(tmp_path, dash):
+    from tests.conftest import registry_tree
+
+    root = registry_tree(tmp_path / "registry")
+    report = run_sync(SyncSettings.from_env(
+        _env(root, dash, tmp_path / "cache", SYNC_PREVIOUS_VERSIONS="true"))).as_dict()
+
+    assert report["created"] == ["gdrive-alpha", "gdrive-alpha-v1-0-0", "gdrive-alpha-v2-0-0", "gdrive-beta-ir"]
+    assert report["synced"] == ["alpha", "beta-ir"]
+    assert sorted(e["folder"] for e in report["errors"]) == ["bad-field", "bad-json", "no-json", "no-weights"]
+    pins = {}
+    for name in report["created"]:
+        env = {e["name"]: e["value"] for e in dash.function(name)["spec"]["env"]}
+        pins[name] = (env["MODEL_NAME"], env.get("MODEL_VERSION", ""))
+    assert pins == {"gdrive-alpha": ("alpha", ""), "gdrive-alpha-v1-0-0": ("alpha", "1.0.0"),
+                    "gdrive-alpha-v2-0-0": ("alpha", "2.0.0"), "gdrive-beta-ir": ("beta-ir", "")}
+    listed = {f["id"]: f for f in cvat_list(dash.functions_json("cvat"))}
+    assert listed["gdrive-alpha-v1-0-0"]["version"] == 1 and listed["gdrive-alpha"]["version"] == 2
+
+    # Turned off again: the pinned functions are ours and their versions are no longer wanted.
+    dash.clear_log()
+    again = run_sync(SyncSettings.from_env(_env(root, dash, tmp_path / "cache"))).as_dict()
+    assert again["deleted"] == ["gdrive-alpha-v1-0-0", "gdrive-alpha-v2-0-0"]

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from common.errors import PackError
-from common.publish import CVAT_PROJECT
+from common.publish import CVAT_PROJECT, PROJECT_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,20 @@ class DashboardClient:
     def list_functions(self) -> dict[str, dict]:
         """``GET /api/functions``: the project's functions, name → ``{metadata, spec, status}``."""
         status, data = self._call("GET", "/api/functions", what="list functions")
-        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        if not isinstance(data, dict):
             raise DashboardError("list functions", status,
                                  f"expected a JSON object name -> function, got {type(data).__name__}")
-        return data
+        for name, function in data.items():
+            if not isinstance(function, dict):
+                raise DashboardError("list functions", status, f"function {name!r} is "
+                                     f"{type(function).__name__}, not an object")
+        # The project header filters the listing; a dashboard that ignores it must still
+        # not hand us another project's functions to update or delete.
+        others = sorted(n for n, f in data.items() if _project_of(f) not in (None, self.project))
+        if others:
+            log.warning("dashboard listed %d functions of other projects (ignored): %s", len(others),
+                        ", ".join(others[:10]))
+        return {n: f for n, f in data.items() if n not in others}
 
     def get(self, name: str) -> dict | None:
         """``GET /api/functions/<name>``; None when the dashboard answers 404."""
@@ -244,6 +254,12 @@ class DashboardClient:
         delay = delay / 2 + self._rand() * delay / 2      # jitter, keeping half the step
         log.info("dashboard %s %s: %s; retry %d of %d in %.2f s", method, path, why, failures, self.retries, delay)
         self._sleep(delay)
+
+
+def _project_of(function: Mapping[str, Any]) -> Any:
+    meta = function.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, Mapping) else None
+    return labels.get(PROJECT_LABEL) if isinstance(labels, Mapping) else None
 
 
 def _read(exc: urllib.error.HTTPError) -> bytes:

@@ -139,8 +139,10 @@ def _check_labels(labels: Sequence[Any], where: str) -> None:
         if not isinstance(label, Mapping):
             raise PublishRefused(f"{at} is not a label object")
         name = label.get("name")
-        if not isinstance(name, str) or not name.strip():
+        if not isinstance(name, str) or not name:
             raise PublishRefused(f"{at} has no name (CVAT's whole model list would fail)")
+        if not name.strip():
+            raise PublishRefused(f"{at}: label name {name!r} is blank (no annotation could ever match it)")
         if name in seen:
             raise PublishRefused(f"{at}: label name {name!r} is used twice at this level "
                                  f"(CVAT would leave the function out)")
@@ -205,6 +207,11 @@ def _check_spec(spec: Mapping[str, Any]) -> None:
     names = [e["name"] for e in env]
     if len(set(names)) != len(names):
         raise PublishRefused(f"spec.env sets a variable twice: {sorted({n for n in names if names.count(n) > 1})}")
+    model = next((e["value"] for e in env if e["name"] == "MODEL_NAME"), None)
+    if model is not None and model != model.strip():
+        # The runner strips MODEL_NAME: it would look for another folder (or none).
+        raise PublishRefused(f"model folder {model!r} starts or ends with white space, which the runner's "
+                             f"MODEL_NAME cannot carry: rename the folder")
     volumes = spec.get("volumes", [])
     if not isinstance(volumes, list):
         raise PublishRefused("spec.volumes must be a list")

@@ -3,7 +3,9 @@
 ``plan`` is pure: it compares the desired :class:`FunctionConfig` set with the
 project's current functions by the config-hash annotation, so an unchanged
 model costs no write (a Docker PUT means downtime, nuclio.md §6 "Redeploys").
-Functions without our managed label are never touched.
+Functions without our managed labels, or in another project, are never touched.
+A managed function whose last deploy failed (``error``, ``unhealthy``) is redeployed
+even when its hash is unchanged, so a transient deploy failure heals on the next run.
 
 ``apply`` re-reads each function right before writing and decides again, so two
 runs at once do not write the same thing twice and do not undo each other. A
@@ -20,7 +22,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.publish import CONFIG_HASH_ANNOTATION, MANAGED_LABEL
+from common.publish import CONFIG_HASH_ANNOTATION, MANAGED_LABEL, MODEL_LABEL, PROJECT_LABEL
 from common.publish.config import FunctionConfig
 from common.publish.dashboard import (
     FAILED_STATES,
@@ -75,16 +77,38 @@ class ApplyResult:
         return not self.failed
 
 
+def _metadata_map(function: Any, key: str) -> Mapping[str, Any]:
+    """``metadata[key]`` of a function object, or {} when the dashboard sent something else
+    (a listing is outside input: a malformed entry must not crash the run)."""
+    meta = function.get("metadata") if isinstance(function, Mapping) else None
+    value = meta.get(key) if isinstance(meta, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
 def is_managed(function: Mapping[str, Any] | None) -> bool:
-    """True for a function object (or body) carrying ``MANAGED_LABEL: "true"``."""
-    labels = ((function or {}).get("metadata") or {}).get("labels") or {}
-    return isinstance(labels, Mapping) and labels.get(MANAGED_LABEL) == "true"
+    """True for a function object (or body) carrying ``MANAGED_LABEL: "true"`` and a
+    ``MODEL_LABEL``. render.py sets both and Nuclio keeps labels immutable, so a function
+    with only a copied managed label (hand-made) is not ours and is never written."""
+    labels = _metadata_map(function, "labels")
+    model = labels.get(MODEL_LABEL)
+    return labels.get(MANAGED_LABEL) == "true" and isinstance(model, str) and bool(model)
+
+
+def in_project(function: Mapping[str, Any] | None, project: str) -> bool:
+    """False for a function labelled with another Nuclio project (names are unique per
+    namespace, so a ``get`` can return one): never ours to write or delete."""
+    return _metadata_map(function, "labels").get(PROJECT_LABEL, project) == project
+
+
+def is_failed(function: Mapping[str, Any] | None) -> bool:
+    """True when the dashboard reports the function's deploy as failed (error, unhealthy)."""
+    status = function.get("status") if isinstance(function, Mapping) else None
+    return isinstance(status, Mapping) and status.get("state") in FAILED_STATES
 
 
 def stored_hash(function: Mapping[str, Any] | None) -> str:
     """The config-hash annotation of a function object ("" when absent)."""
-    annotations = ((function or {}).get("metadata") or {}).get("annotations") or {}
-    return str(annotations.get(CONFIG_HASH_ANNOTATION, "")) if isinstance(annotations, Mapping) else ""
+    return str(_metadata_map(function, "annotations").get(CONFIG_HASH_ANNOTATION, ""))
 
 
 def desired_hash(config: FunctionConfig) -> str:
@@ -98,7 +122,9 @@ def _problem(config: FunctionConfig) -> str | None:
     if not isinstance(meta, Mapping) or meta.get("name") != config.name:
         return f"rendered body's metadata.name does not match {config.name!r}"
     if not is_managed(config.body):
-        return f"rendered body lacks the label {MANAGED_LABEL}=true"
+        if _metadata_map(config.body, "labels").get(MANAGED_LABEL) != "true":
+            return f"rendered body lacks the label {MANAGED_LABEL}=true"
+        return f"rendered body lacks the label {MODEL_LABEL}"
     body_hash = stored_hash(config.body)
     if not body_hash:
         return f"rendered body lacks the annotation {CONFIG_HASH_ANNOTATION}"
@@ -109,7 +135,7 @@ def _problem(config: FunctionConfig) -> str | None:
 
 def _foreign_reason(name: str) -> str:
     return (f"a function named {name!r} exists in the project and is not managed by registry-sync "
-            f"(no {MANAGED_LABEL}=true label); left untouched")
+            f"(no {MANAGED_LABEL}=true and {MODEL_LABEL} labels); left untouched")
 
 
 def plan(
@@ -144,9 +170,9 @@ def plan(
             create.append(config)
         elif not is_managed(existing):
             conflicts.append((config.name, _foreign_reason(config.name)))
-        elif stored_hash(existing) == desired_hash(config):
+        elif stored_hash(existing) == desired_hash(config) and not is_failed(existing):
             unchanged.append(config.name)
-        else:
+        else:  # changed, or unchanged but its deploy failed (a later redeploy may succeed)
             update.append(config)
 
     delete: list[str] = []
@@ -202,10 +228,14 @@ class _Applier:
             else:
                 self._after_create(config)
                 return
-        if not is_managed(existing):
+        if not in_project(existing, self.client.project):
+            self.tally.foreign.append(config.name)
+            self.tally.fail(config.name, f"a function named {config.name!r} exists in another Nuclio project "
+                                         f"(names are unique per namespace); left untouched")
+        elif not is_managed(existing):
             self.tally.foreign.append(config.name)
             self.tally.fail(config.name, _foreign_reason(config.name))
-        elif stored_hash(existing) == desired_hash(config):
+        elif stored_hash(existing) == desired_hash(config) and not is_failed(existing):
             self.tally.unchanged.append(config.name)
         else:
             self._update(config, existing)
@@ -260,7 +290,7 @@ class _Applier:
         if existing is None:
             log.info("registry-sync: %s is gone already", name)
             return
-        if not is_managed(existing):
+        if not is_managed(existing) or not in_project(existing, self.client.project):
             self.tally.foreign.append(name)
             return
         if self.client.delete(name):

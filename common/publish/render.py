@@ -54,6 +54,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -147,18 +148,29 @@ class PublishSettings:
             return env.get(name, "").strip() or default
 
         registry = get("MODEL_REGISTRY", cls.registry)
-        cache_dir = get("MODEL_CACHE_DIR", cls.cache_dir)
+        cache_dir = _absolute("MODEL_CACHE_DIR", get("MODEL_CACHE_DIR", cls.cache_dir))
+        namespace = _dns_label("NUCLIO_NAMESPACE", get("NUCLIO_NAMESPACE", cls.namespace))
+        project = _dns_label("NUCLIO_PROJECT", get("NUCLIO_PROJECT", cls.project))
+        network = get("NUCLIO_NETWORK") or None
+        if network is not None and not _DOCKER_NETWORK.match(network):
+            raise SettingsError(f"NUCLIO_NETWORK must be a Docker network name ([A-Za-z0-9][A-Za-z0-9_.-]*), "
+                                f"got {network!r}")
         try:
             cache_size = parse_size(get("MODEL_CACHE_SIZE", "20GiB"))
             if cache_size < 1:
                 raise ValueError("must be at least 1 byte")
         except ValueError as exc:
             raise SettingsError(f"MODEL_CACHE_SIZE: {exc}") from None
-        images = {f: get(f"RUNNER_IMAGE_{f.upper()}", DEFAULT_IMAGES[f]) for f in FAMILIES}
-        gpu_images = {f: get(f"RUNNER_IMAGE_{f.upper()}_GPU", DEFAULT_GPU_IMAGES[f]) for f in FAMILIES}
+        images = {f: _image(f"RUNNER_IMAGE_{f.upper()}", get(f"RUNNER_IMAGE_{f.upper()}", DEFAULT_IMAGES[f]))
+                  for f in FAMILIES}
+        gpu_images = {f: _image(f"RUNNER_IMAGE_{f.upper()}_GPU",
+                                get(f"RUNNER_IMAGE_{f.upper()}_GPU", DEFAULT_GPU_IMAGES[f])) for f in FAMILIES}
 
         names = [n.strip() for n in get("PUBLISH_PASS_ENV", ",".join(DEFAULT_PASS_ENV)).split(",") if n.strip()]
         for name in names:
+            if not _ENV_NAME.match(name):
+                raise SettingsError(f"PUBLISH_PASS_ENV: {name!r} is not an environment variable name "
+                                    f"([A-Za-z_][A-Za-z0-9_]*)")
             if name in SECRET_ENV:
                 raise SettingsError(f"PUBLISH_PASS_ENV: {name} holds a secret and would be readable in every "
                                     f"function's config; mount a service-account key file instead "
@@ -166,7 +178,25 @@ class PublishSettings:
             if name in OWN_ENV:
                 raise SettingsError(f"PUBLISH_PASS_ENV: {name} is set by registry-sync itself")
         pass_env = tuple(sorted((n, env[n].strip()) for n in set(names) if env.get(n, "").strip()))
+        # Never echo this value in an error: it may be the key itself, pasted in place of its path.
+        if _looks_like_key(env.get(SA_KEY_SETTING, "")):
+            raise SettingsError(f"{SA_KEY_SETTING} must be the path of the service-account key file, but it holds "
+                                f"what looks like the key itself (refused: it would be copied into every "
+                                f"function's config and into error messages); mount the file and give its path")
+        key_path = dict(pass_env).get(SA_KEY_SETTING)
+        if key_path and not key_path.startswith("/"):
+            raise SettingsError(f"{SA_KEY_SETTING} must be an absolute path when it is passed to the functions "
+                                f"(PUBLISH_PASS_ENV), got {key_path!r}")
         credentials = get("PUBLISH_CREDENTIALS_HOST_PATH") or None
+        if credentials:
+            _absolute("PUBLISH_CREDENTIALS_HOST_PATH", credentials)
+        registry_host_dir = get("PUBLISH_REGISTRY_HOST_DIR") or None
+        if registry_host_dir:
+            _absolute("PUBLISH_REGISTRY_HOST_DIR", registry_host_dir)
+            local = _local_registry_path(registry)
+            if local is not None and not local.startswith("/"):
+                raise SettingsError(f"PUBLISH_REGISTRY_HOST_DIR is mounted at MODEL_REGISTRY's folder, which must "
+                                    f"then be an absolute path; got {registry!r}")
         if credentials and not dict(pass_env).get(SA_KEY_SETTING):
             raise SettingsError(f"PUBLISH_CREDENTIALS_HOST_PATH is set, but {SA_KEY_SETTING} (the path it is "
                                 f"mounted at) is not passed: set it and keep it in PUBLISH_PASS_ENV")
@@ -190,13 +220,48 @@ class PublishSettings:
         except ValueError:
             raise SettingsError(f"MODEL_REFRESH_SECONDS must be a number of seconds, 0 or more, "
                                 f"got {refresh!r}") from None
-        return cls(registry=registry, registry_host_dir=get("PUBLISH_REGISTRY_HOST_DIR") or None,
-                   namespace=get("NUCLIO_NAMESPACE", cls.namespace), project=get("NUCLIO_PROJECT", cls.project),
+        return cls(registry=registry, registry_host_dir=registry_host_dir,
+                   namespace=namespace, project=project,
                    images=MappingProxyType(images), gpu_images=MappingProxyType(gpu_images),
-                   cache_dir=cache_dir, cache_host_dir=get("MODEL_CACHE_HOST_DIR", cache_dir),
+                   cache_dir=cache_dir,
+                   cache_host_dir=_absolute("MODEL_CACHE_HOST_DIR", get("MODEL_CACHE_HOST_DIR", cache_dir)),
                    cache_size=cache_size, pass_env=pass_env, credentials_host_path=credentials,
-                   prefix=prefix, workers=workers, network=get("NUCLIO_NETWORK") or None,
+                   prefix=prefix, workers=workers, network=network,
                    refresh_seconds=refresh, max_event_timeout=max_timeout)
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DOCKER_NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A Docker image reference: [host[:port]/]path[:tag][@digest], path components lowercase
+# (the dashboard refuses a function whose image does not parse, nuclio.md §1.4).
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(rf"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
+
+
+def _dns_label(name: str, value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise SettingsError(f"{name} must be a lowercase DNS-1123 label (at most 63 of [a-z0-9-], letter or digit at "
+                            f"both ends), got {value!r}")
+    return value
+
+
+def _absolute(name: str, value: str) -> str:
+    if not value.startswith("/"):
+        raise SettingsError(f"{name} must be an absolute path (it is mounted into every function), got {value!r}")
+    return value
+
+
+def _image(name: str, value: str) -> str:
+    if not _IMAGE.match(value):
+        raise SettingsError(f"{name} is not a Docker image reference ([registry/]name[:tag], lowercase name), "
+                            f"got {value!r}")
+    return value
+
+
+def _looks_like_key(value: str) -> bool:
+    return any(mark in value for mark in ("{", "\n", "PRIVATE KEY", "private_key"))
 
 
 def _whole(name: str, text: str, low: int, high: int) -> int:
@@ -287,7 +352,9 @@ def render(record: ModelRecord, settings: PublishSettings, *, name: str | None =
     if name is None:
         name = function_name(record.folder, prefix=settings.prefix,
                              version=None if record.current else record.version)
-    display = manifest.display_name if record.current else f"{manifest.display_name} ({manifest.version})"
+    # A blank display name would show as an empty entry in CVAT's model list.
+    shown = manifest.display_name if manifest.display_name.strip() else manifest.name
+    display = shown if record.current else f"{shown} ({manifest.version})"
 
     annotations = {
         "name": display,

@@ -52,7 +52,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import IO, Any, Iterator, Mapping
+from urllib.parse import urlsplit
 
 from common.errors import PackError, SettingsError
 from common.publish.config import FunctionConfig
@@ -62,6 +63,7 @@ from common.runtimes.families import FAMILIES
 log = logging.getLogger(__name__)
 
 DEFAULT_DASHBOARD_URL = "http://nuclio:8070"
+LOCK_NAME = "registry-sync.lock"  # in SYNC_WORK_DIR; flock'd, so a killed holder never blocks the next run
 
 
 def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
@@ -107,8 +109,9 @@ class SyncSettings:
 
         env = dict(os.environ if env is None else env)
         url = env.get("NUCLIO_DASHBOARD_URL", "").strip() or DEFAULT_DASHBOARD_URL
-        if not url.startswith(("http://", "https://")):
-            raise SettingsError(f"NUCLIO_DASHBOARD_URL must be an http(s) URL, got {url!r}")
+        if not _dashboard_url_ok(url):
+            raise SettingsError(f"NUCLIO_DASHBOARD_URL must be an http(s) URL with a host (and a port from "
+                                f"1 to 65535 if given), e.g. {DEFAULT_DASHBOARD_URL}; got {url!r}")
         families = None
         raw = env.get("SYNC_FAMILIES", "").strip()
         if raw:
@@ -130,6 +133,34 @@ class SyncSettings:
             lock_timeout=_seconds(env, "SYNC_LOCK_TIMEOUT", 600.0),
             env=env,
         )
+
+    @property
+    def work_dir_setting(self) -> str:
+        """The variable that named ``cache_dir`` (for error messages)."""
+        return "SYNC_WORK_DIR" if self.env.get("SYNC_WORK_DIR", "").strip() else "MODEL_CACHE_DIR"
+
+    def check_work_dir(self) -> None:
+        """Create the work dir and its lock file now (init_context), so an unusable
+        SYNC_WORK_DIR stops the start with its name instead of failing every run."""
+        _lock_file(self.cache_dir, self.work_dir_setting).close()
+
+
+def _dashboard_url_ok(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
+
+
+def _lock_file(cache_dir: Path, setting: str = "SYNC_WORK_DIR") -> IO[str]:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return open(cache_dir / LOCK_NAME, "a+")
+    except OSError as exc:
+        raise SettingsError(f"{setting} {str(cache_dir)!r} cannot hold registry-sync's lock file "
+                            f"({exc.strerror or exc}); point it at a writable folder") from None
 
 
 @dataclass
@@ -183,8 +214,7 @@ class SyncReport:
 def run_lock(cache_dir: Path, timeout: float) -> Iterator[None]:
     """Serialise runs within one container/host (cron and HTTP workers are separate
     processes). Raises SyncBusy when another run holds the lock past ``timeout``."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / "registry-sync.lock", "a+") as handle:
+    with _lock_file(cache_dir) as handle:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -303,6 +333,15 @@ def _previous(record: ModelRecord, registry: Registry, settings: SyncSettings, c
     return out
 
 
+def _served_folder(function: Any) -> str:
+    from common.publish import MODEL_FOLDER_ANNOTATION
+
+    meta = function.get("metadata") if isinstance(function, Mapping) else None
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    folder = annotations.get(MODEL_FOLDER_ANNOTATION) if isinstance(annotations, Mapping) else None
+    return folder if isinstance(folder, str) else ""
+
+
 def run_sync(settings: SyncSettings, *, registry: Registry | None = None, client: Any = None,
              dry_run: bool = False) -> SyncReport:
     """One run. Never raises for a bad model; raises ListingFailed (nothing written),
@@ -356,7 +395,10 @@ def run_sync(settings: SyncSettings, *, registry: Registry | None = None, client
             failed = dict(result.failed)
         for name, reason in failed.items():
             config = by_name.get(name)
-            report.error(config.folder if config else name, f"function {name} not published: {reason}")
+            if config is not None:
+                report.error(config.folder, f"function {name} not published: {reason}")
+            else:  # a stale function whose delete failed: name the folder it served
+                report.error(_served_folder(current.get(name)) or name, f"function {name} not deleted: {reason}")
         published = set(report.created) | set(report.updated) | set(report.unchanged)
         report.synced = sorted({folder for name, folder in desired.current.items()
                                 if name in published and name not in failed})

@@ -11,15 +11,19 @@ both are handled alike. The answer and the log carry the run's report
 import json
 import logging
 
+from common import __version__
 from common.errors import BadRequest, PackError
 from common.publish.sync import SyncSettings, run_sync
 
 
 def init_context(context):
     logging.basicConfig(level=logging.INFO)
+    # googleapiclient logs each request URL at DEBUG, API key (key=...) included.
+    logging.getLogger("googleapiclient.discovery").setLevel(logging.INFO)
     # Bad settings stop the start with a clear message instead of failing every run.
     context.user_data.settings = settings = SyncSettings.from_env()
-    context.logger.info_with("registry-sync ready", registry=settings.publish.registry,
+    settings.check_work_dir()
+    context.logger.info_with("registry-sync ready", pack_version=__version__, registry=settings.publish.registry,
                              dashboard=settings.dashboard_url, delete_stale=settings.delete_stale,
                              smoke_tests=settings.smoke_tests)
 
@@ -56,15 +60,15 @@ def handler(context, event):
     try:
         dry_run = _dry_run(event)
         report = run_sync(context.user_data.settings, dry_run=dry_run)
+        answer = report.as_dict()
+        if dry_run and report.plan is not None:
+            answer["diff"] = diff_text(report.plan, report.current)
     except PackError as exc:
         context.logger.error_with("registry-sync failed", error=str(exc))
         return _json(context, exc.http_status, {"error": str(exc)})
     except Exception as exc:  # never Nuclio's text/plain traceback
         context.logger.error_with("registry-sync failed", error=repr(exc))
-        return _json(context, 500, {"error": f"internal error: {exc}"})
-    answer = report.as_dict()
-    if dry_run and report.plan is not None:
-        answer["diff"] = diff_text(report.plan, report.current)
+        return _json(context, 500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
     log = context.logger.error_with if report.listing_failed else context.logger.info_with
     log("registry-sync run", trigger=event.trigger.kind, **{k: v for k, v in answer.items() if k != "diff"})
     return _json(context, 502 if report.listing_failed else 200, answer)
