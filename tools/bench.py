@@ -12,6 +12,15 @@ For each demo model, on one 1920×1080 JPEG, all measured in this run:
 * cold start with the model already cached (a new worker's init_context)
   against creating the runtime session alone.
 
+Then one network per runtime family in every format this machine can make
+(:mod:`tools.bench_runtimes`: load from the cache, bare call, handler;
+``--runtimes-only`` runs that part alone, ``--no-runtimes`` skips it).
+
+Then each demo model's memory: one runner worker per process, its resident
+set after init_context and its peak over one 1920×1080 call (VmRSS, VmHWM),
+the sizing figures of docs/admin-guide.md (``--memory-only`` runs that part
+alone, ``--no-memory`` skips it).
+
 Then the Drive registry against the Drive v3 stand-in (:mod:`tools.bench_drive`):
 requests per listing, and a 1 GiB download's throughput and memory
 (``--drive-only`` runs that part alone, ``--no-drive`` skips it).
@@ -119,7 +128,20 @@ def main() -> int:
     drive.add_argument("--drive-only", action="store_true", help="only the Drive registry's figures")
     drive.add_argument("--no-drive", action="store_true", help="skip the Drive registry's figures")
     parser.add_argument("--drive-repeat", type=int, default=3, help="runs of each 1 GiB download kind")
+    runtimes = parser.add_mutually_exclusive_group()
+    runtimes.add_argument("--runtimes-only", action="store_true", help="only the per-runtime table")
+    runtimes.add_argument("--no-runtimes", action="store_true", help="skip the per-runtime table")
+    memory = parser.add_mutually_exclusive_group()
+    memory.add_argument("--memory-only", action="store_true", help="only the per-model memory table")
+    memory.add_argument("--no-memory", action="store_true", help="skip the per-model memory table")
+    parser.add_argument("--memory-model", help="measure this model's memory only, as JSON (internal)")
     args = parser.parse_args()
+    if args.memory_model:
+        return _memory_main(args)
+    if args.memory_only:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+        bench_memory(args.out / "registry", args)
+        return 0
     logging.basicConfig(level=logging.WARNING if args.model else logging.INFO, format="%(message)s",
                         stream=sys.stdout)
     logging.getLogger("common").setLevel(logging.WARNING)
@@ -127,9 +149,15 @@ def main() -> int:
     if args.model:
         sys.stdout.write(json.dumps(measure(args.model, registry, args.out / "cache", args.repeat)) + "\n")
         return 0
-    if not args.drive_only:
+    if not (args.drive_only or args.runtimes_only):
         bench_models(registry, args)
-    if not args.no_drive:
+    if not (args.drive_only or args.runtimes_only or args.no_memory):
+        bench_memory(registry, args)
+    if args.runtimes_only or not (args.drive_only or args.no_runtimes):
+        from tools import bench_runtimes
+
+        bench_runtimes.run(repeat=args.repeat)
+    if not (args.no_drive or args.runtimes_only):
         from tools import bench_drive
 
         bench_drive.run(args.drive_repeat)
@@ -166,6 +194,62 @@ def bench_models(registry: Path, args: argparse.Namespace) -> None:
         log.info("%-32s %8.1f %8.1f %8.1f %6.2f", name, f["cold"], f["warmup"], f["session"],
                  (f["cold"] - f["warmup"]) / f["session"])
     log.info("ratio = (init - warm-up) / session")
+
+
+# ---- memory per runner worker (docs/admin-guide.md, Sizing) -------------------------------------------------
+
+def _status_mib(field: str) -> float:
+    """A /proc/self/status figure (VmRSS, VmHWM), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(field)
+
+
+def measure_memory(model_name: str, registry: Path, cache: Path) -> dict[str, float | str]:
+    """One runner worker's memory, in this fresh process: before the function loads (the
+    interpreter and nuclio-sdk), after init_context, and the peak over one 1920x1080 call."""
+    from tools.nuclio_harness import Worker, http_event
+
+    event = http_event({"image": base64.b64encode(bench_image()).decode("ascii")})
+    before = _status_mib("VmRSS")
+    worker = Worker(RUNNER_DIR, env={"MODEL_REGISTRY": f"local:{registry}", "MODEL_NAME": model_name,
+                                     "MODEL_CACHE_DIR": str(cache), "MODEL_CACHE_SIZE": "1GiB",
+                                     "MODEL_REFRESH_SECONDS": "0"})
+    ready = _status_mib("VmRSS")
+    # A detector's payload: other kinds answer 400 to it, before their model runs (their peak is init's).
+    status = worker.invoke(event).status
+    record = worker.context.user_data.model.record
+    return {"runtime": record.manifest.runtime.name, "files_mib": sum(f.size for f in record.files) / 2**20,
+            "kind": record.manifest.type, "status": status,
+            "before": before, "ready": ready, "after": _status_mib("VmRSS"), "peak": _status_mib("VmHWM")}
+
+
+def _memory_main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    figures = measure_memory(args.memory_model, args.out / "registry", args.out / "cache")
+    sys.stdout.write(json.dumps(figures) + "\n")
+    return 0
+
+
+def bench_memory(registry: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """The per-model memory table: each model in its own process, as in one Nuclio worker."""
+    build_registry(registry)
+    results = {}
+    for model_dir in sorted(p for p in registry.iterdir() if p.is_dir()):
+        done = subprocess.run([sys.executable, "-m", "tools.bench", "--memory-model", model_dir.name,
+                               "--out", str(args.out)], capture_output=True, text=True, check=True)
+        results[model_dir.name] = json.loads(done.stdout.strip().splitlines()[-1])
+    log.info("\nmemory of one runner worker, MiB (one process per model; peak over one 1920x1080 call)")
+    header = (f"{'model':<36} {'runtime':<12} {'files':>6} {'empty':>6} {'ready':>6} {'peak':>6} "
+              f"{'2 workers':>9}")
+    log.info("%s\n%s", header, "-" * len(header))
+    for name, f in results.items():
+        log.info("%-36s %-12s %6.1f %6.0f %6.0f %6.0f %9.0f%s", name, f["runtime"], f["files_mib"], f["before"],
+                 f["ready"], f["peak"], 2 * f["peak"], "" if f["status"] == 200 else f"  ({f['kind']}: init only)")
+    log.info("empty = interpreter + nuclio-sdk before the function loads; ready = after init_context;")
+    log.info("peak = VmHWM; a CPU function runs RUNNER_WORKERS (default 2) such processes, a GPU function 1")
+    return results
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ IMAGES = {
     "blazeface-face-detector-tflite": ("astronaut.png", "grace_hopper.jpg", "coffee.png"),
     "page-orientation-classifier": ("page.png", "page-rot90.png", "page-rot180.png"),
     "mobilenet-reid": ("astronaut.png",),  # a frame pair made from it (tools/demo_reid.py)
+    "mobilenet-v2-classifier": ("chelsea.png", "coffee.png", "grace_hopper.jpg"),
 }
 # Pictures made from an asset: name -> (asset, degrees turned counter-clockwise).
 ROTATED = {"page-rot90.png": ("page.png", 90), "page-rot180.png": ("page.png", 180)}
@@ -50,6 +51,10 @@ ROTATED = {"page-rot90.png": ("page.png", 90), "page-rot180.png": ("page.png", 1
 # returning the folder in which those files lie at the paths model.json names.
 BUILT = {"ssdlite-person-detector-savedmodel": "tools.models.tensorflow_build:ssdlite_savedmodel_folder"}
 BUILT["mobilenet-reid"] = "tools.models.reid_features:reid_model_folder"  # reid: tools/demo_reid.py
+BUILT["mobilenet-v2-classifier"] = "tools.models.build:build_mobilenet_v2"  # its MobileNetFiles.folder
+# Demo models whose labels are data read from a wheel when the registry is built (never committed):
+# model folder -> "module:function" returning model.json's "labels"; the committed model.json has [].
+LABELS = {"mobilenet-v2-classifier": "tools.models.imagenet_labels:label_entries"}
 DEFAULT_IMAGES = ("astronaut.png", "grace_hopper.jpg", "page.png", "coffee.png")
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
           "#fabed4", "#469990")
@@ -64,7 +69,11 @@ def build_registry(dest: Path) -> Path:
         manifest = json.loads((model_dir / "model.json").read_text())
         target = dest / model_dir.name
         target.mkdir(exist_ok=True)
-        shutil.copy(model_dir / "model.json", target / "model.json")
+        if model_dir.name in LABELS:
+            (target / "model.json").write_text(json.dumps(demo_manifest(model_dir.name), indent=2,
+                                                          ensure_ascii=False) + "\n")
+        else:
+            shutil.copy(model_dir / "model.json", target / "model.json")
         for rel in [manifest["file_name"], *manifest.get("extra_files", [])]:
             out = target / rel
             if model_dir.name in BUILT:
@@ -88,9 +97,25 @@ def demo_image(name: str, folder: Path) -> Path:
     return out
 
 
+def _hook(spec: str):
+    module, _, function = spec.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def _built_folder(model: str) -> Path:
-    module, _, function = BUILT[model].partition(":")
-    return getattr(importlib.import_module(module), function)()
+    built = _hook(BUILT[model])()
+    return getattr(built, "folder", built)  # a folder, or built files that name theirs
+
+
+def demo_manifest(model: str, folder: Path = DEMO_MODELS) -> dict:
+    """The model.json the demo registry holds for ``folder/model``: the committed one, with
+    the labels of :data:`LABELS` filled in (where the committed file must have none)."""
+    manifest = json.loads((folder / model / "model.json").read_text())
+    if model not in LABELS:
+        return manifest
+    if manifest.get("labels"):
+        raise ValueError(f"{folder / model}/model.json: labels must be [] (they are filled from {LABELS[model]})")
+    return {**manifest, "labels": _hook(LABELS[model])()}
 
 
 def _copy_built(src: Path, out: Path) -> None:
@@ -131,7 +156,8 @@ def draw(image_path: Path, shapes: list[dict], out: Path, labels: list[str]) -> 
         text = f"{shape['label']} {float(shape['confidence']):.2f}"
         x, y = min(pts[0::2]), min(pts[1::2])
         left, top, right, bottom = canvas.textbbox((x, y), text, font=font)
-        lift = bottom - top + 4 if y - (bottom - top + 4) >= 0 else 0  # above the shape when there is room
+        # above the shape when there is room; tags stay in their own rows
+        lift = bottom - top + 4 if shape["type"] != "tag" and y - (bottom - top + 4) >= 0 else 0
         band_canvas.rectangle((left - 2, top - lift - 2, right + 2, bottom - lift + 2), fill=color + "b0")
         band_canvas.text((x, y - lift), text, fill="white", font=font)
     Image.alpha_composite(image, bands).convert("RGB").save(out)
