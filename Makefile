@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo bench stage clean
+.PHONY: venv test demo bench stage clean deploy deploy-gpu undeploy
 
 venv: $(STAMP)
 
@@ -28,5 +28,18 @@ stage: $(STAMP)
 	$(PY) -m tools.stage gdrive-runner --all
 	$(PY) -m tools.stage registry-sync
 
+# Deploy onto CVAT's Nuclio (docs/admin-guide.md); settings in deploy/settings.env.
+# Extra options: make deploy DEPLOY_FLAGS="--platform kube" (or --dry-run).
+DEPLOY_FLAGS ?=
+
+deploy: $(STAMP)
+	deploy/deploy.sh $(DEPLOY_FLAGS)
+
+deploy-gpu: $(STAMP)
+	deploy/deploy.sh --gpu $(DEPLOY_FLAGS)
+
+undeploy: $(STAMP)
+	deploy/remove.sh $(DEPLOY_FLAGS)
+
 clean:
-	rm -rf build .demo .pytest_cache
+	rm -rf build .demo .bench .pytest_cache

@@ -13,6 +13,7 @@ bad requests); the worker keeps serving.
 import json
 import logging
 
+from common import __version__
 from common.errors import PackError
 from common.runner import RunnerSettings, start_refresher
 
@@ -34,7 +35,7 @@ def init_context(context):
     if set_termination is not None:  # nuclio_sdk.test's platform has none
         set_termination(refresher.stop)
     manifest = model.record.manifest
-    context.logger.info_with("model ready", model=manifest.name, version=manifest.version,
+    context.logger.info_with("model ready", pack_version=__version__, model=manifest.name, version=manifest.version,
                              runtime=manifest.runtime.name, device=model.runtime.device,
                              refresh_seconds=settings.refresh_seconds)
 

@@ -1,0 +1,361 @@
+"""deploy/deploy.sh and deploy/remove.sh against a stand-in nuctl (and kubectl) on PATH.
+
+The stand-in (tests/nuctl_standin) records every call, refuses what the real
+nuctl would refuse, and carries deploys out on the dashboard stand-in
+(tests/nuclio_dashboard), so each test reads the scripts' result there: the
+projects, registry-sync's config (environment, volumes, the key's mount, the
+network, the cron trigger), and what CVAT would list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common import __version__
+from tests.nuclio_dashboard import CVAT_HEADERS, DashboardStandIn, call, cvat_list
+from tests.nuctl_standin import calls, install
+from tests.nuctl_standin.rules import config_problems
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "-----BEGIN PRIVATE KEY-----\\nMIIEvQ-very-secret-4f1c\\n-----END PRIVATE KEY-----\\n"
+SECRET_MARK = "very-secret-4f1c"
+KEY_IN_FUNCTION = "/run/secrets/cvat-gdrive/service-account.json"
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A deploy site: stand-ins on PATH, a key file, a settings file, a dashboard stand-in."""
+    key = tmp_path / "keys" / "service-account.json"
+    key.parent.mkdir()
+    key.write_text(json.dumps({"type": "service_account", "client_email": "sync@example.iam.gserviceaccount.com",
+                               "private_key": SECRET}))
+    key.chmod(0o600)
+    settings = tmp_path / "settings.env"
+    settings.write_text((REPO / "deploy" / "settings.env.example").read_text()
+                        .replace("DRIVE_KEY_FILE=/etc/cvat-gdrive-pack/service-account.json", f"DRIVE_KEY_FILE={key}")
+                        .replace("MODEL_CACHE_HOST_DIR=/var/cache/cvat-models",
+                                 f"MODEL_CACHE_HOST_DIR={tmp_path / 'cache'}"))
+    log = tmp_path / "calls.jsonl"
+    bin_dir = install(tmp_path / "bin")
+    with DashboardStandIn() as dashboard:
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "NUCTL_STANDIN_LOG": str(log),
+               "NUCTL_STANDIN_DASHBOARD": dashboard.url, "BUILD_DIR": str(tmp_path / "build"),
+               "PYTHON": sys.executable}
+        yield Site(tmp_path, key, settings, log, dashboard, env)
+
+
+class Site:
+    def __init__(self, root, key, settings, log, dashboard, env):
+        self.root, self.key, self.settings, self.log, self.dashboard, self.env = root, key, settings, log, dashboard, env
+        self.build = root / "build"
+
+    def run(self, script: str, *args: str, extra: str = "") -> subprocess.CompletedProcess:
+        if extra:
+            self.settings.write_text(self.settings.read_text() + extra)
+        done = subprocess.run([str(REPO / "deploy" / script), "--settings", str(self.settings), *args],
+                              env=self.env, capture_output=True, text=True, cwd=self.root)
+        # The key's content never reaches a command line, the output or a generated file.
+        seen = done.stdout + done.stderr + (self.log.read_text() if self.log.exists() else "")
+        for generated in self.build.rglob("*.yaml") if self.build.exists() else ():
+            seen += generated.read_text()
+        assert SECRET_MARK not in seen
+        return done
+
+    def nuctl(self):
+        return [c for c in calls(self.log) if c.tool == "nuctl"]
+
+    def sync_config(self, namespace: str = "nuclio") -> dict:
+        status, config = call(self.dashboard.url, "GET", "/api/functions/registry-sync",
+                              headers={"x-nuclio-function-namespace": namespace})
+        assert status == 200
+        return config
+
+
+def _words(c) -> tuple[str, ...]:
+    return c.argv[:3] if c.argv[0] in ("create", "get", "delete") else c.argv[:2]
+
+
+def _env(config) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in config["spec"]["env"]}
+
+
+def test_local_deploy_makes_projects_builds_each_family_once_and_deploys_registry_sync(site):
+    done = site.run("deploy.sh")
+    assert done.returncode == 0, done.stderr
+    b = site.build
+    where = ("--platform", "local")
+    expected = [
+        ("get", "project", "cvat", *where),
+        ("create", "project", "cvat", *where),
+        ("get", "project", "cvat-gdrive-pack", *where),
+        ("create", "project", "cvat-gdrive-pack", *where),
+        *[("build", f"gdrive-runner-{f}", "--path", f"{b}/gdrive-runner-{f}", "--file",
+           f"{b}/gdrive-runner-{f}/function.yaml", "--image", f"cvat.gdrive-runner.{f}:{__version__}", *where)
+          for f in ("onnx", "pytorch", "tensorflow")],
+        ("deploy", "registry-sync", "--project-name", "cvat-gdrive-pack", "--path", f"{b}/registry-sync",
+         "--file", f"{b}/deploy/registry-sync.yaml", "--platform-config", '{"attributes": {"network": "cvat_cvat"}}',
+         *where),
+        ("invoke", "registry-sync", *where, "-m", "POST", "-c", "application/json", "-b", '{"reason": "deploy"}',
+         "-t", "900s"),
+        ("get", "function", *where),
+    ]
+    recorded = site.nuctl()
+    assert [c.argv for c in recorded] == expected
+    # Only the two `get project` probes fail (the projects did not exist yet).
+    assert [c.ok for c in recorded] == [False, True, False, True] + [True] * 6
+    assert [c.tool for c in calls(site.log)] == ["nuctl"] * 10   # no docker, no kubectl on Docker
+
+    assert sorted(site.dashboard.projects) == ["cvat", "cvat-gdrive-pack", "default"]
+    config = site.sync_config()
+    meta, spec = config["metadata"], config["spec"]
+    assert meta["labels"]["nuclio.io/project-name"] == "cvat-gdrive-pack"
+    assert meta["annotations"]["cvat-gdrive-pack/pack-version"] == __version__
+    assert spec["build"]["image"] == f"cvat.registry-sync:{__version__}"
+    assert _env(config) == {
+        "MODEL_REGISTRY": "gdrive:CVAT_Models", "NUCLIO_DASHBOARD_URL": "http://nuclio:8070",
+        "NUCLIO_NAMESPACE": "nuclio", "NUCLIO_PROJECT": "cvat", "MODEL_CACHE_DIR": "/var/cache/cvat-models",
+        "MODEL_CACHE_HOST_DIR": str(site.root / "cache"), "MODEL_CACHE_SIZE": "20GiB",
+        "SYNC_FAMILIES": "onnx,pytorch,tensorflow", "SYNC_SMOKE_TESTS": "true", "SYNC_DELETE_STALE": "true",
+        "RUNNER_WORKERS": "2", "NUCLIO_NETWORK": "cvat_cvat",
+        **{f"RUNNER_IMAGE_{f.upper()}": f"cvat.gdrive-runner.{f}:{__version__}"
+           for f in ("onnx", "pytorch", "tensorflow")},
+        **{f"RUNNER_IMAGE_{f.upper()}_GPU": f"cvat.gdrive-runner.{f}-gpu:{__version__}"
+           for f in ("onnx", "pytorch", "tensorflow")},
+        "GOOGLE_DRIVE_SERVICE_ACCOUNT_KEY": KEY_IN_FUNCTION, "PUBLISH_CREDENTIALS_HOST_PATH": str(site.key),
+    }
+    assert spec["volumes"] == [
+        {"volume": {"name": "model-cache", "hostPath": {"path": str(site.root / "cache")}},
+         "volumeMount": {"name": "model-cache", "mountPath": "/var/cache/cvat-models"}},
+        {"volume": {"name": "drive-credentials", "hostPath": {"path": str(site.key)}},
+         "volumeMount": {"name": "drive-credentials", "mountPath": KEY_IN_FUNCTION, "readOnly": True}},
+    ]
+    assert spec["platform"]["attributes"]["network"] == "cvat_cvat"
+    assert spec["triggers"]["sync"]["attributes"]["interval"] == "15m"
+    assert config_problems(yaml.safe_load((b / "deploy" / "registry-sync.yaml").read_text())) == []
+    # CVAT lists project `cvat` only, where registry-sync is not.
+    status, listing = call(site.dashboard.url, "GET", "/api/functions", headers=CVAT_HEADERS)
+    assert status == 200 and cvat_list(listing) == []
+    # Every runner variant was staged with its family's requirements (make stage).
+    assert sorted(p.name for p in b.iterdir()) == ["deploy", "gdrive-runner-onnx", "gdrive-runner-onnx-gpu",
+                                                   "gdrive-runner-pytorch", "gdrive-runner-pytorch-gpu",
+                                                   "gdrive-runner-tensorflow", "gdrive-runner-tensorflow-gpu",
+                                                   "registry-sync"]
+
+
+def test_gpu_deploy_builds_the_gpu_variants_of_the_chosen_families_only(site):
+    done = site.run("deploy.sh", "--gpu", extra="SYNC_FAMILIES=onnx,tensorflow\nSYNC_INTERVAL=1h\n")
+    assert done.returncode == 0, done.stderr
+    builds = [(c.argv[1], c.flag("--image")) for c in site.nuctl() if c.argv[0] == "build"]
+    assert builds == [("gdrive-runner-onnx", f"cvat.gdrive-runner.onnx:{__version__}"),
+                      ("gdrive-runner-tensorflow", f"cvat.gdrive-runner.tensorflow:{__version__}"),
+                      ("gdrive-runner-onnx-gpu", f"cvat.gdrive-runner.onnx-gpu:{__version__}"),
+                      ("gdrive-runner-tensorflow-gpu", f"cvat.gdrive-runner.tensorflow-gpu:{__version__}")]
+    config = site.sync_config()
+    assert _env(config)["SYNC_FAMILIES"] == "onnx,tensorflow"
+    assert config["spec"]["triggers"]["sync"]["attributes"] == {"interval": "1h", "event": {"body": '{"reason": "cron"}'}}
+
+
+def test_second_deploy_keeps_the_projects_and_updates_registry_sync_in_place(site):
+    assert site.run("deploy.sh").returncode == 0
+    first = len(site.nuctl())
+    done = site.run("deploy.sh", extra='SYNC_SCHEDULE="0 */2 * * *"\nSYNC_INTERVAL=\n')
+    assert done.returncode == 0, done.stderr
+    again = site.nuctl()[first:]
+    assert [_words(c) for c in again if c.argv[0] in ("get", "create") and c.argv[1] == "project"] == \
+        [("get", "project", "cvat"), ("get", "project", "cvat-gdrive-pack")]   # both found: none created
+    assert site.dashboard.deploy_count("registry-sync") == 2                     # a PUT, not a second function
+    assert site.sync_config()["spec"]["triggers"]["sync"]["attributes"]["schedule"] == "0 */2 * * *"
+
+
+def test_kube_deploy_uses_a_secret_a_node_daemonset_the_registry_and_the_in_cluster_dashboard(site):
+    done = site.run("deploy.sh", "--platform", "kube",
+                    extra="NUCLIO_NAMESPACE=cvat\nIMAGE_REGISTRY=registry.example.org:5000/cvat\n")
+    assert done.returncode == 0, done.stderr
+    recorded = calls(site.log)
+    b, where = site.build, ("--platform", "kube", "--namespace", "cvat")
+    assert [c.argv for c in recorded if c.tool == "kubectl"] == [
+        ("-n", "cvat", "delete", "secret", "cvat-gdrive-drive-key", "--ignore-not-found"),
+        ("-n", "cvat", "create", "secret", "generic", "cvat-gdrive-drive-key",
+         f"--from-file=service-account.json={site.key}"),
+        ("-n", "cvat", "apply", "-f", f"{b}/deploy/node-prep.yaml"),
+        ("-n", "cvat", "rollout", "status", "daemonset/cvat-gdrive-node-prep", "--timeout=300s"),
+    ]
+    builds = [c for c in recorded if c.argv[0] == "build"]
+    assert [c.argv[-8:] for c in builds][0] == ("--image", f"cvat.gdrive-runner.onnx:{__version__}", "--registry",
+                                                "registry.example.org:5000/cvat", *where)
+    deploy = next(c for c in recorded if c.argv[0] == "deploy")
+    assert deploy.flag("--registry") == deploy.flag("--run-registry") == "registry.example.org:5000/cvat"
+    assert deploy.flag("--platform-config") is None and deploy.argv[-4:] == where
+    # kubectl runs before registry-sync starts (it needs the Secret), builds before both.
+    order = [c.tool + ":" + c.argv[0] for c in recorded if c.argv[0] in ("build", "deploy") or c.tool == "kubectl"]
+    assert order.index("kubectl:-n") > order.index("nuctl:build") and order[-1] == "nuctl:deploy"
+
+    config = site.sync_config("cvat")
+    env = _env(config)
+    assert config["metadata"]["namespace"] == "cvat"
+    assert env["NUCLIO_DASHBOARD_URL"] == "http://cvat-nuclio-dashboard.cvat.svc.cluster.local:8070"
+    assert env["RUNNER_IMAGE_PYTORCH"] == f"registry.example.org:5000/cvat/cvat.gdrive-runner.pytorch:{__version__}"
+    assert env["PUBLISH_CREDENTIALS_HOST_PATH"] == "/var/lib/cvat-gdrive-pack/service-account.json"
+    assert "NUCLIO_NETWORK" not in env
+    assert config["spec"]["volumes"][1] == {
+        "volume": {"name": "drive-credentials", "secret": {
+            "secretName": "cvat-gdrive-drive-key", "defaultMode": 0o400,
+            "items": [{"key": "service-account.json", "path": "service-account.json"}]}},
+        "volumeMount": {"name": "drive-credentials", "mountPath": "/run/secrets/cvat-gdrive", "readOnly": True}}
+
+    daemonset = yaml.safe_load((b / "deploy" / "node-prep.yaml").read_text())
+    pod = daemonset["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]} == {
+        "model-cache": {"name": "model-cache", "hostPath": {"path": str(site.root / "cache"),
+                                                              "type": "DirectoryOrCreate"}},
+        "key-dir": {"name": "key-dir", "hostPath": {"path": "/var/lib/cvat-gdrive-pack", "type": "DirectoryOrCreate"}},
+        "drive-credentials": {"name": "drive-credentials",
+                              "secret": {"secretName": "cvat-gdrive-drive-key", "defaultMode": 0o400}},
+    }
+    assert "chmod 0400" in pod["containers"][0]["command"][2] and pod["tolerations"] == [{"operator": "Exists"}]
+
+
+def test_dry_run_prints_every_command_and_changes_nothing(site):
+    done = site.run("deploy.sh", "--dry-run", "--gpu")
+    assert done.returncode == 0, done.stderr
+    assert calls(site.log) == [] and not site.build.exists()
+    assert sorted(site.dashboard.projects) == ["default"]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("+ ")]
+    assert [line.split()[1:3] for line in lines] == (
+        [[sys.executable, "-m"]] * 2 + [["nuctl", "create"]] * 2 + [["nuctl", "build"]] * 6
+        + [["nuctl", "deploy"], ["nuctl", "invoke"], ["nuctl", "get"]])
+    assert ("+ nuctl deploy registry-sync --project-name cvat-gdrive-pack --path "
+            f"{site.build}/registry-sync --file ") in done.stderr
+    assert "--platform-config '{\"attributes\": {\"network\": \"cvat_cvat\"}}' --platform local" in done.stderr
+    assert f"      mountPath: {KEY_IN_FUNCTION}" in done.stderr     # the config is shown, paths only
+
+
+def test_missing_settings_are_named_and_nothing_runs(site):
+    text = site.settings.read_text().replace("MODEL_REGISTRY=gdrive:CVAT_Models", "MODEL_REGISTRY=")
+    site.settings.write_text(text)
+    done = site.run("deploy.sh", "--platform", "kube")
+    assert done.returncode == 1
+    assert ("deploy/settings.env: missing setting MODEL_REGISTRY (gdrive:<folder name>, gdrive-id:<folder id> or "
+            "local:<path>); missing setting NUCLIO_NAMESPACE (on Kubernetes: the namespace of CVAT's Helm release); "
+            "missing setting IMAGE_REGISTRY") in done.stderr
+    assert calls(site.log) == []
+    site.settings.unlink()
+    done = site.run("deploy.sh")
+    assert done.returncode == 1 and "cp deploy/settings.env.example deploy/settings.env" in done.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("MODEL_REGISTRY=gdrive:CVAT_Models\nDRIVE_KEY_FILE=\n", "missing setting DRIVE_KEY_FILE"),
+    ('SYNC_INTERVAL="15 minutes"\n', "SYNC_INTERVAL must be a Go duration such as 15m or 1h, got '15 minutes'"),
+    ("PACK_PROJECT=cvat\n", "PACK_PROJECT must be a lowercase DNS label other than 'cvat'"),
+    ("SYNC_FAMILIES=onnx,caffe\n", "SYNC_FAMILIES: unknown or no families ['caffe']"),
+    ("MODEL_CACHE_SIZE=lots\n", "MODEL_CACHE_SIZE: "),
+    ("MODEL_REGISTRY=local:/opt/registry\n", "missing setting REGISTRY_HOST_DIR"),
+    ("REGISTRY_HOST_DIR=/srv/models\n", "REGISTRY_HOST_DIR is for a local: registry only"),
+])
+def test_bad_settings_stop_the_deploy_before_any_call(site, extra, message):
+    done = site.run("deploy.sh", extra=extra)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert calls(site.log) == []
+
+
+def test_a_key_others_can_read_is_refused(site):
+    site.key.chmod(0o644)
+    done = site.run("deploy.sh")
+    assert done.returncode == 1
+    assert f"DRIVE_KEY_FILE {site.key} is readable by others (mode 644): chmod 600 '{site.key}'" in done.stderr
+    assert calls(site.log) == []
+
+
+def test_local_registry_is_mounted_read_only_into_registry_sync(site, tmp_path):
+    done = site.run("deploy.sh", extra=f"MODEL_REGISTRY=local:/opt/registry\nDRIVE_KEY_FILE=\n"
+                                       f"REGISTRY_HOST_DIR={tmp_path / 'models'}\n")
+    assert done.returncode == 0, done.stderr
+    config = site.sync_config()
+    assert config["spec"]["volumes"][1:] == [
+        {"volume": {"name": "model-registry", "hostPath": {"path": str(tmp_path / "models")}},
+         "volumeMount": {"name": "model-registry", "mountPath": "/opt/registry", "readOnly": True}}]
+    env = _env(config)
+    assert env["PUBLISH_REGISTRY_HOST_DIR"] == str(tmp_path / "models")
+    assert "GOOGLE_DRIVE_SERVICE_ACCOUNT_KEY" not in env and "PUBLISH_CREDENTIALS_HOST_PATH" not in env
+
+
+def _publish(dashboard, name: str, managed: bool) -> None:
+    labels = {"cvat-gdrive-pack/managed": "true"} if managed else {}
+    body = {"metadata": {"name": name, "labels": labels, "annotations": {"name": name, "type": "detector",
+                                                                          "spec": "[]"}},
+            "spec": {"description": "x", "runtime": "python:3.11", "handler": "main:handler",
+                     "triggers": {"http": {"kind": "http", "numWorkers": 1}}}}
+    status, _ = call(dashboard.url, "POST", "/api/functions", body, {"x-nuclio-project-name": "cvat"})
+    assert status == 202
+
+
+def test_remove_deletes_registry_sync_and_what_it_published_only(site):
+    assert site.run("deploy.sh").returncode == 0
+    _publish(site.dashboard, "gdrive-yolov8n", managed=True)
+    _publish(site.dashboard, "gdrive-blazeface", managed=True)
+    _publish(site.dashboard, "onnx-wongkinyiu-yolov7", managed=False)   # CVAT's own model: stays
+    before = len(calls(site.log))
+    done = site.run("remove.sh")
+    assert done.returncode == 0, done.stderr
+    where = ("--platform", "local")
+    assert [c.argv for c in calls(site.log)[before:]] == [
+        ("get", "function", "registry-sync", *where),
+        ("delete", "function", "registry-sync", *where),
+        ("get", "function", *where, "-o", "json"),
+        ("delete", "function", "gdrive-blazeface", *where),
+        ("delete", "function", "gdrive-yolov8n", *where),
+        ("get", "project", "cvat-gdrive-pack", *where),
+        ("delete", "project", "cvat-gdrive-pack", *where),
+    ]
+    assert sorted(site.dashboard.functions_json(None)) == ["onnx-wongkinyiu-yolov7"]
+    assert sorted(site.dashboard.projects) == ["cvat", "default"]
+    assert f"sudo rm -rf '{site.root / 'cache'}'" in done.stderr
+    # A second removal finds nothing and still succeeds.
+    again = site.run("remove.sh")
+    assert again.returncode == 0 and "removed 0 published function(s)" in again.stderr
+
+
+def test_remove_with_one_published_function_reads_nuctls_single_object(site):
+    site.dashboard.add_project("cvat")
+    _publish(site.dashboard, "gdrive-only", managed=True)
+    done = site.run("remove.sh")
+    assert done.returncode == 0, done.stderr
+    assert ("delete", "function", "gdrive-only", "--platform", "local") in [c.argv for c in calls(site.log)]
+    assert site.dashboard.functions_json(None) == {}
+
+
+def test_shell_scripts_pass_shellcheck():
+    scripts = sorted(str(p.relative_to(REPO)) for p in (REPO / "deploy").glob("*.sh"))
+    assert scripts == ["deploy/deploy.sh", "deploy/lib.sh", "deploy/remove.sh"]
+    done = subprocess.run([str(Path(sys.executable).parent / "shellcheck"), "-x", *scripts], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_make_targets_call_the_scripts():
+    done = subprocess.run(["make", "-n", "deploy", "deploy-gpu", "undeploy",
+                           "DEPLOY_FLAGS=--platform kube"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("deploy/")]
+    assert lines == ["deploy/deploy.sh --platform kube", "deploy/deploy.sh --gpu --platform kube",
+                     "deploy/remove.sh --platform kube"]
+
+
+def test_kube_replica_settings_reach_registry_sync_and_docker_ignores_them():
+    from deploy.pack_config import load, sync_env
+
+    base = {"MODEL_REGISTRY": "local:/opt/registry", "REGISTRY_HOST_DIR": "/srv/models",
+            "IMAGE_REGISTRY": "registry.example:5000", "NUCLIO_NAMESPACE": "cvat",
+            "PUBLISH_MIN_REPLICAS": "0", "PUBLISH_MAX_REPLICAS": "2"}
+    kube = dict(sync_env(load(base, "kube")))
+    assert (kube["PUBLISH_MIN_REPLICAS"], kube["PUBLISH_MAX_REPLICAS"]) == ("0", "2")
+    docker = dict(sync_env(load(base, "local")))
+    assert "PUBLISH_MIN_REPLICAS" not in docker and "PUBLISH_MAX_REPLICAS" not in docker
