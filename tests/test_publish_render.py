@@ -272,3 +272,29 @@ def test_a_latency_that_is_not_a_number_is_refused_at_the_edge(tmp_path):
     with pytest.raises(ModelConfigError) as err:
         LocalRegistry(tmp_path).resolve("slow")
     assert err.value.problems == [("$.requirements.expected_latency_ms", '"fast" is not of type "number"')]
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),
+    ({"PUBLISH_MIN_REPLICAS": "0"}, (0, 1)),
+    ({"PUBLISH_MIN_REPLICAS": "0", "PUBLISH_MAX_REPLICAS": "3"}, (0, 3)),
+    ({"PUBLISH_MIN_REPLICAS": "2"}, (2, 2)),
+])
+def test_replicas_for_scale_to_zero(demo_registry, env, expected):
+    settings = PublishSettings.from_env(env)
+    spec = render(LocalRegistry(demo_registry).resolve("cdla-layout-detector"), settings).body["spec"]
+    got = (spec["minReplicas"], spec["maxReplicas"]) if "minReplicas" in spec else None
+    assert got == expected
+    if expected is None:
+        assert "maxReplicas" not in spec
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PUBLISH_MAX_REPLICAS": "3"}, "PUBLISH_MAX_REPLICAS needs PUBLISH_MIN_REPLICAS"),
+    ({"PUBLISH_MIN_REPLICAS": "-1"}, "PUBLISH_MIN_REPLICAS must be a whole number from 0 to 1000"),
+    ({"PUBLISH_MIN_REPLICAS": "2", "PUBLISH_MAX_REPLICAS": "1"}, "PUBLISH_MAX_REPLICAS must be a whole number from 2"),
+    ({"PUBLISH_MIN_REPLICAS": "0", "PUBLISH_MAX_REPLICAS": "0"}, "PUBLISH_MAX_REPLICAS must be a whole number from 1"),
+])
+def test_bad_replicas_are_refused(env, message):
+    with pytest.raises(SettingsError, match=message):
+        PublishSettings.from_env(env)

@@ -39,6 +39,11 @@ variable                          meaning                                       
 ``MODEL_REFRESH_SECONDS``         the runner's check interval for a changed model         ``300``
 ``PUBLISH_MAX_EVENT_TIMEOUT``     cap on a function's eventTimeout in seconds (the        ``55``
                                   dashboard cuts invocations at 60 s)
+``PUBLISH_MIN_REPLICAS``          Kubernetes: ``minReplicas`` of every function; ``0``    (not set: one replica)
+                                  lets Nuclio scale an idle model to zero (the
+                                  dashboard's scale-to-zero settings decide when)
+``PUBLISH_MAX_REPLICAS``          Kubernetes: ``maxReplicas`` (needs MIN; default: MIN,   (not set)
+                                  or 1 when MIN is 0)
 ================================  ======================================================  ===========================
 
 ``PUBLISH_PASS_ENV`` defaults to ``GOOGLE_DRIVE_SERVICE_ACCOUNT_KEY,GOOGLE_DRIVE_USE_ADC,
@@ -138,6 +143,7 @@ class PublishSettings:
     network: str | None = None
     refresh_seconds: str = "300"
     max_event_timeout: int = DEFAULT_MAX_EVENT_TIMEOUT
+    replicas: tuple[int, int] | None = None  # (minReplicas, maxReplicas); None: the platform's default
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "PublishSettings":
@@ -213,6 +219,13 @@ class PublishSettings:
         workers = _whole("RUNNER_WORKERS", get("RUNNER_WORKERS", str(cls.workers)), 1, 100)
         max_timeout = _whole("PUBLISH_MAX_EVENT_TIMEOUT",
                              get("PUBLISH_MAX_EVENT_TIMEOUT", str(DEFAULT_MAX_EVENT_TIMEOUT)), 1, 86_400)
+        replicas = None
+        if get("PUBLISH_MIN_REPLICAS") or get("PUBLISH_MAX_REPLICAS"):
+            if not get("PUBLISH_MIN_REPLICAS"):
+                raise SettingsError("PUBLISH_MAX_REPLICAS needs PUBLISH_MIN_REPLICAS (0 for scale to zero)")
+            low = _whole("PUBLISH_MIN_REPLICAS", get("PUBLISH_MIN_REPLICAS"), 0, 1000)
+            high = _whole("PUBLISH_MAX_REPLICAS", get("PUBLISH_MAX_REPLICAS", str(max(low, 1))), max(low, 1), 1000)
+            replicas = (low, high)
         refresh = get("MODEL_REFRESH_SECONDS", cls.refresh_seconds)
         try:
             if not math.isfinite(float(refresh)) or float(refresh) < 0:
@@ -227,7 +240,7 @@ class PublishSettings:
                    cache_host_dir=_absolute("MODEL_CACHE_HOST_DIR", get("MODEL_CACHE_HOST_DIR", cache_dir)),
                    cache_size=cache_size, pass_env=pass_env, credentials_host_path=credentials,
                    prefix=prefix, workers=workers, network=network,
-                   refresh_seconds=refresh, max_event_timeout=max_timeout)
+                   refresh_seconds=refresh, max_event_timeout=max_timeout, replicas=replicas)
 
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -402,6 +415,8 @@ def render(record: ModelRecord, settings: PublishSettings, *, name: str | None =
     }
     if gpu:
         body_spec["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    if settings.replicas is not None:
+        body_spec["minReplicas"], body_spec["maxReplicas"] = settings.replicas
     body = {
         "metadata": {
             "name": name,
