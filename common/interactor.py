@@ -79,9 +79,13 @@ class InteractorRequest:
 
 
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:  # a JSON integer may be too large for a float (OverflowError)
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        number = math.nan
+    if not math.isfinite(number):
         raise BadRequest(f"{where} must be a number, got {cvat._shown(value)}")
-    return float(value)
+    return number
 
 
 def _points(data: Mapping[str, Any], key: str) -> tuple[tuple[float, float], ...]:

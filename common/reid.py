@@ -79,7 +79,7 @@ class Box:
 
     @property
     def centre(self) -> tuple[float, float]:
-        return (self.x1 + self.x2) / 2, (self.y1 + self.y2) / 2
+        return self.x1 / 2 + self.x2 / 2, self.y1 / 2 + self.y2 / 2  # halves first: no overflow to inf
 
 
 @dataclass(frozen=True)

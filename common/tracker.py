@@ -37,12 +37,12 @@ import io
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from common import cvat
 from common.errors import BadRequest
@@ -63,6 +63,12 @@ DETECTION_IOU = 0.5  # a detection this close to the box (IoU) is the target
 TRUSTED_SCORE = 0.8  # a template match this good is not corrected by the detector
 MIN_SIDE = 2.0  # pixels: smaller boxes cannot be tracked
 MIN_TEXTURE = 2.0  # grey levels (std): a flatter template matches anything equally well, i.e. nothing
+# Coordinates (shapes, state boxes, velocities) beyond this are no picture's: larger ones would
+# overflow the geometry (inf - inf) and make non-JSON answers.
+MAX_COORD = 1e9
+# A stored template is a PNG of at most TEMPLATE_SIDE pixels a side: this many base64 characters
+# hold any such PNG (raw 64x64 RGB + filter bytes + headers), so a bigger one was not made here.
+MAX_TEMPLATE_CHARS = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,8 @@ class TrackState:
                         legacy=bool(value["legacy"]), box=_floats(value["box"], 4), velocity=_floats(value["velocity"], 2),
                         outline=_floats(value["outline"], None), template=str(value["template"]),
                         anchor=None if value.get("anchor") is None else _floats(value["anchor"], 4),
-                        score=float(value["score"]), misses=int(value["misses"]))
-        except (KeyError, TypeError, ValueError) as exc:
+                        score=_floats([value["score"]], 1)[0], misses=int(value["misses"]))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise BadRequest(f"{where} is not a valid tracker state ({type(exc).__name__}: {exc})") from None
         if state.box[2] - state.box[0] < MIN_SIDE or state.box[3] - state.box[1] < MIN_SIDE:
             raise BadRequest(f"{where} holds an empty box {state.box}")
@@ -112,9 +118,12 @@ class TrackState:
 def _floats(value: Any, count: int | None) -> list[float]:
     if not isinstance(value, list) or (count is not None and len(value) != count):
         raise ValueError(f"expected {count or 'a list of'} numbers, got {cvat._shown(value)}")
-    out = [float(v) for v in value]
-    if not all(math.isfinite(v) for v in out):
-        raise ValueError("numbers must be finite")
+    try:
+        out = [float(v) for v in value]
+    except OverflowError:  # a JSON integer too large for a float
+        out = [math.inf]
+    if not all(math.isfinite(v) and abs(v) <= MAX_COORD for v in out):
+        raise ValueError(f"numbers must be finite and within ±{MAX_COORD:g}, got {cvat._shown(value)}")
     return out
 
 
@@ -127,11 +136,23 @@ def encode_template(rgb: np.ndarray) -> str:
 
 
 def decode_template(text: str) -> np.ndarray:
+    """The template of a state: a PNG of at most TEMPLATE_SIDE pixels a side (what
+    :meth:`TrackerPipeline.start` stores); anything else is a tampered state."""
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise BadRequest(f"the tracker state's template is {len(text)} characters long; this tracker stores at "
+                         f"most {MAX_TEMPLATE_CHARS}: start the track again")
     try:
-        with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as img:
+        with Image.open(io.BytesIO(base64.b64decode(text, validate=True)), formats=["PNG"]) as img:
+            if max(img.size) > TEMPLATE_SIDE or min(img.size) < 1:
+                raise ValueError(f"it is {img.size[0]}x{img.size[1]}, this tracker stores at most "
+                                 f"{TEMPLATE_SIDE} pixels a side")
             return np.asarray(img.convert("RGB"))
+    except UnidentifiedImageError:
+        raise BadRequest("the tracker state's template is not a PNG picture of this tracker: start the track "
+                         "again") from None
     except Exception as exc:  # any decoding failure is a bad state
-        raise BadRequest(f"the tracker state's template is not a PNG picture ({exc})") from None
+        raise BadRequest(f"the tracker state's template is not a PNG picture of this tracker "
+                         f"({str(exc)[:120]})") from None
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -174,6 +195,8 @@ def match_template(image: np.ndarray, template: np.ndarray, box: Sequence[float]
     ry1 = max(0, int(math.floor(cy - h / 2 - SEARCH * h)))
     rx2 = min(width, int(math.ceil(cx + w / 2 + SEARCH * w)))
     ry2 = min(height, int(math.ceil(cy + h / 2 + SEARCH * h)))
+    if rx2 <= rx1 or ry2 <= ry1:  # the search window lies off the picture
+        return None
     region = image[ry1:ry2, rx1:rx2]
     if abs(fx - 1) > 1e-6 or abs(fy - 1) > 1e-6:
         size = (max(1, round((rx2 - rx1) * fx)), max(1, round((ry2 - ry1) * fy)))
@@ -259,15 +282,35 @@ class TrackerPipeline:
         shapes, states = [], []
         for i, shape in enumerate(request.shapes):
             if request.states:
-                state = TrackState.from_json(request.states[i], i)
+                state = self._checked(TrackState.from_json(request.states[i], i), i)
                 if shape is not None:  # CVAT before v2.40: the previous frame's shape comes along
-                    state = self._moved_to(state, self._parse_shape(shape, i)[2], i)
+                    kind, legacy, values = self._parse_shape(shape, i)
+                    if kind != state.type:
+                        raise BadRequest(f"shapes[{i}] is a {kind}, but states[{i}] tracks a {state.type}: send "
+                                         f"the shape of this track (or null), or start the track again")
+                    state = self._moved_to(replace(state, legacy=legacy), values, i)
                 state = self.track(image, state, found)
             else:
                 state = self.start(image, shape, i, found)
             shapes.append(self.shape_of(state))
             states.append(state.to_json())
         return {"shapes": shapes, "states": states}
+
+    def _checked(self, state: TrackState, index: int) -> TrackState:
+        """The state, when this tracker could have made it: its model (any version: a refresh
+        must not break tracks in progress), a shape type it tracks, an outline of that type."""
+        where = f"states[{index}]"
+        made_by = state.model.rpartition("@")[0] or state.model
+        if made_by != self.manifest.name:
+            raise BadRequest(f"{where} is not a state of this tracker (made by {cvat._shown(state.model)}, this is "
+                             f"{self.model}): start the track again")
+        if state.type not in self.shape_types:
+            raise BadRequest(f"{where} tracks a {cvat._shown(state.type)}; this tracker tracks "
+                             f"{', '.join(self.shape_types)}: start the track again")
+        n = len(state.outline)
+        if n % 2 or n < (6 if state.type != "rectangle" else 4) or (state.type == "rectangle" and n != 4):
+            raise BadRequest(f"{where} holds an outline of {n} values, not a {state.type}'s: start the track again")
+        return state
 
     def _parse_shape(self, shape: Any, index: int) -> tuple[str, bool, list[float]]:
         """(type, legacy form, points) of a request shape."""
@@ -329,6 +372,8 @@ class TrackerPipeline:
         x1, y1 = min(xs) - min(ox) * sx, min(ys) - min(oy) * sy
         if sx < MIN_SIDE or sy < MIN_SIDE:
             raise BadRequest(f"shapes[{index}] is too small to track")
+        if max(abs(x1), abs(y1), abs(x1 + sx), abs(y1 + sy)) > MAX_COORD:  # a degenerate (tampered) outline
+            raise BadRequest(f"shapes[{index}] does not fit the outline of states[{index}]: start the track again")
         return TrackState(**{**asdict(state), "box": [x1, y1, x1 + sx, y1 + sy]})
 
     def track(self, image: np.ndarray, state: TrackState, found) -> TrackState:

@@ -162,9 +162,26 @@ def cmd_versions(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def cmd_validate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     folder = validate_folder(args.path)
     m = folder.manifest
+    _check_file_contents(folder)
     _out(f"ok: {args.path}: {m.name} {m.version} ({m.framework} {m.type}), {len(folder.files)} files, "
          f"{folder.total_bytes} bytes")
     return 0
+
+
+def _check_file_contents(folder: Any) -> None:
+    """What the runner checks before loading (common.runtimes.filecheck): a state_dict, a pickle
+    that would run code, a truncated or wrong-format file... each as its own problem. A file
+    whose content is no known format is left to the runner (it names it at start)."""
+    from common.runtimes.filecheck import ModelFileError, file_format, validate_files
+
+    m = folder.manifest
+    primary = folder.root / m.file_name
+    if file_format(primary) == "unknown":
+        return
+    try:
+        validate_files(m, {rel: folder.root / rel for rel in (m.file_name, *m.extra_files)})
+    except ModelFileError as exc:
+        raise FolderInvalid([f"{folder.root / exc.file}: {str(exc).removeprefix(exc.file + ': ')}"]) from None
 
 
 def cmd_push(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -120,7 +120,8 @@ def validate_folder(path: str | os.PathLike[str]) -> ModelFolder:
         raise FolderInvalid([f"{mj}: cannot read ({exc.strerror or exc})"]) from None
 
     problems: list[str] = []
-    if not manifest.file_name.lower().endswith(ALLOWED_EXTENSIONS):
+    # .pt2 (torch.export) and .keras are runner formats too (common/runtimes)
+    if not manifest.file_name.lower().endswith(ALLOWED_EXTENSIONS + (".pt2", ".keras")):
         problems.append(f"{mj}: $.file_name: {manifest.file_name!r} has none of the allowed extensions "
                         f"{' '.join(ALLOWED_EXTENSIONS)}")
     files = [LocalFile(MODEL_JSON, mj, mj.stat().st_size)]

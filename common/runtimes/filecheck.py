@@ -174,6 +174,30 @@ def _torch_pickle_problem(name: str, globals_: list[str], legacy: bool) -> Model
               f"{_EXPORT_HOWTO}")
 
 
+def _check_program_pickles(z: zipfile.ZipFile, name: str) -> None:
+    """A torch.export program (.pt2) keeps sample inputs and constants as torch.save
+    archives (or plain pickles) inside its zip; those hold tensors only. One that names
+    anything else would run code if loaded without weights_only: refused here, unread."""
+    for member in z.namelist():
+        data = z.read(member)
+        pickles = []
+        if data[:1] == b"\x80":
+            pickles = [data]
+        elif data[:2] == b"PK":
+            try:
+                with zipfile.ZipFile(io.BytesIO(data)) as inner:
+                    pickles = [inner.read(n) for n in inner.namelist() if n.endswith(".pkl")]
+            except zipfile.BadZipFile:
+                continue
+        others = [g for d in pickles for g in dict.fromkeys(pickle_globals(d)) if not _is_data_global(*g.rsplit(".", 1))]
+        if others:
+            shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+            raise ModelFileError(name, f"the torch.export program holds a pickle ({member}) that names {shown}, "
+                                       f"not tensors only; loading it would run code from the file, so the runner "
+                                       f"never does. Export the program again: torch.export.save(torch.export."
+                                       f"export(model, example), \"model.pt2\")")
+
+
 def inspect_torch(path: Path, name: str | None = None) -> FileReport:
     """``torchscript`` or ``torch.export`` (.pt2); anything else is a ModelFileError saying what it is."""
     name = name or path.name
@@ -467,6 +491,9 @@ def inspect_openvino(path: Path, name: str | None = None, *, weights: Path | Non
 
 # ---- TensorFlow and Keras (read with the protobuf reader above: no TensorFlow import) ----
 
+# SignatureDef keys TensorFlow adds for itself (as common.runtimes.tensorflow_engine skips them)
+_INTERNAL_SIGNATURES = ("__saved_model_init_op", "__saved_model_train_op")
+
 # model.json framework -> the formats the tensorflow runtime opens for it
 _TF_FORMATS = {"tensorflow": ("tf_saved_model", "tf_frozen_graph", "tflite", "keras", "hdf5"),
                "keras": ("keras", "hdf5")}
@@ -511,6 +538,93 @@ def _meta_graphs(buf) -> list[dict[str, Any]]:
                                  for n4, _, _ in _fields(buf, *v3))
         graphs.append({"tags": tags, "variables": variables, "saver": saver})
     return graphs
+
+
+def _tflite_extent(buf) -> int:
+    """Walk a .tflite flatbuffer's Model table (operator codes, subgraphs, buffers and each
+    buffer's data, inline or at a file offset) and raise _Malformed when any of it lies
+    past the end of the file, as in a truncated upload. Returns the number of buffers."""
+    size = len(buf)
+
+    def uint(pos: int, width: int, signed: bool = False) -> int:
+        if pos < 0 or pos + width > size:
+            raise _Malformed(f"an offset at byte {pos} points past the end")
+        return int.from_bytes(buf[pos:pos + width], "little", signed=signed)
+
+    def field(table: int, index: int) -> int | None:
+        vtable = table - uint(table, 4, signed=True)
+        slot = 4 + 2 * index
+        if slot + 2 > uint(vtable, 2):
+            return None
+        offset = uint(vtable + slot, 2)
+        return table + offset if offset else None
+
+    def vector(table: int, index: int, item: int) -> tuple[int, int]:
+        pos = field(table, index)
+        if pos is None:
+            return 0, 0
+        start = pos + uint(pos, 4)
+        count = uint(start, 4)
+        if start + 4 + count * item > size:
+            raise _Malformed(f"a vector of {count} items at byte {start} runs past the end")
+        return start + 4, count
+
+    root = uint(0, 4)
+    vector(root, 1, 4)  # operator_codes
+    vector(root, 2, 4)  # subgraphs
+    start, count = vector(root, 4, 4)  # buffers
+    for k in range(count):
+        table = start + 4 * k + uint(start + 4 * k, 4)
+        vector(table, 0, 1)  # inline data
+        at, length = field(table, 1), field(table, 2)
+        if at is not None and length is not None and uint(at, 8) > 1 and uint(at, 8) + uint(length, 8) > size:
+            raise _Malformed(f"buffer {k} lies at bytes {uint(at, 8)}..{uint(at, 8) + uint(length, 8)}, past the end")
+    return count
+
+
+def _keras_code_layers(path: Path) -> list[str]:
+    """Names of the layers of a .keras archive's config.json that carry Python code (Lambda),
+    read as JSON: nothing is deserialised."""
+    import json
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError):
+        return []
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                layer = node.get("config")
+                found.append(str(layer.get("name", "?")) if isinstance(layer, dict) else "?")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def _serving_signatures(buf) -> list[str] | None:
+    """The signature keys (TensorFlow's own left out) of the graph the engine serves
+    (tag serve, else the only one); None when no graph is that one."""
+    graphs = []
+    for number, wire, span in _fields(buf, 0, len(buf)):
+        if number != 2 or wire != 2:  # SavedModel.meta_graphs
+            continue
+        tags, keys = [], []
+        for n2, w2, v2 in _fields(buf, *span):
+            if w2 == 2 and n2 == 1:  # meta_info_def.tags
+                tags += [_text(buf, v3) for n3, w3, v3 in _fields(buf, *v2) if n3 == 4 and w3 == 2]
+            elif w2 == 2 and n2 == 5:  # signature_def: map entry {key 1, SignatureDef 2}
+                keys += [_text(buf, v3) for n3, w3, v3 in _fields(buf, *v2) if n3 == 1 and w3 == 2]
+        graphs.append((tags, sorted(k for k in keys if k not in _INTERNAL_SIGNATURES)))
+    serving = next((g for g in graphs if "serve" in g[0]), graphs[0] if len(graphs) == 1 else None)
+    return None if serving is None else serving[1]
 
 
 def _check_saved_model(path: Path, name: str) -> FileReport:
@@ -559,6 +673,8 @@ def inspect_tensorflow(path: Path, name: str | None = None, *, framework: str = 
             return _check_saved_model(path, name)
         if kind == "tf_frozen_graph":
             return _check_frozen_graph(path, name)
+        if kind == "tflite":
+            _walk(path, name, "the TensorFlow Lite model", _tflite_extent)
         return FileReport(name, kind, {})
     what = _FORMAT_NAMES.get(kind, ("not a format this runner knows",))[0]
     if kind in _TF_FORMATS["tensorflow"]:  # a TensorFlow format, but not one for this framework / runtime
@@ -627,8 +743,35 @@ def validate_files(record, local_paths: Mapping[str, Path]) -> FileReport | None
     if file_name not in local_paths:
         raise ModelFileError(file_name, "the model file was not downloaded")
     extra = {k: Path(v) for k, v in local_paths.items() if k != file_name}
-    return inspect_file(manifest.framework, Path(local_paths[file_name]), name=file_name,
-                        runtime=manifest.runtime.name, extra_paths=extra, declared=declared_inputs(manifest))
+    report = inspect_file(manifest.framework, Path(local_paths[file_name]), name=file_name,
+                          runtime=manifest.runtime.name, extra_paths=extra, declared=declared_inputs(manifest))
+    if report is not None:
+        _check_against_manifest(report, Path(local_paths[file_name]), manifest)
+    return report
+
+
+def _check_against_manifest(report: FileReport, path: Path, manifest) -> None:
+    """What the file says that model.json must answer: which SavedModel signature to serve
+    (several and none named), and whether Keras code may run (a Lambda layer, refused by
+    the engine's safe mode unless runtime.allow_unsafe_keras); and the pickles inside a
+    torch.export program hold tensors only."""
+    raw = getattr(manifest, "raw", None) or {}
+    runtime = raw.get("runtime") if isinstance(raw.get("runtime"), Mapping) else {}
+    if report.kind == "tf_saved_model" and path.name == "saved_model.pb" and "signature" not in runtime:
+        found = _walk(path, report.file, "the SavedModel's saved_model.pb", _serving_signatures) or []
+        listed = ", ".join(repr(k) for k in found)
+        if len(found) > 1:
+            raise ModelFileError(report.file, f"the SavedModel has {len(found)} signatures ({listed}) and "
+                                              f"model.json names none: set runtime.signature to one of them")
+    if report.kind == "torch.export":  # at validation; the engine's weights-only load is the second guard
+        with zipfile.ZipFile(path) as z:
+            _check_program_pickles(z, report.file)
+    code = _keras_code_layers(path) if report.kind == "keras" else None
+    if code and runtime.get("allow_unsafe_keras") is not True:
+        raise ModelFileError(report.file, f"the Keras model has Lambda layer(s) ({', '.join(code[:4])}) that carry "
+                                          f"Python code, which loading would run: the runner refuses it (Keras safe "
+                                          f"mode). Only if you trust the file, set \"runtime\": "
+                                          f"{{\"allow_unsafe_keras\": true}} in model.json")
 
 
 @contextmanager

@@ -41,14 +41,17 @@ def init_context(context):
 
 
 def _json(context, status, payload):
-    return context.Response(body=json.dumps(payload), headers={}, content_type="application/json",
-                            status_code=status)
+    return context.Response(body=payload if isinstance(payload, str) else json.dumps(payload), headers={},
+                            content_type="application/json", status_code=status)
 
 
 def handler(context, event):
     try:
         # Read once: a swap during this request does not change the model it runs on.
         answer = context.user_data.refresher.current.pipeline.handle(event.body)
+        # Serialised here, inside the guard: only plain JSON goes out (NaN/Infinity are not JSON,
+        # numpy values are not serialisable), and a failure is a JSON 500, never a traceback.
+        body = json.dumps(answer, allow_nan=False)
     except PackError as exc:
         if exc.http_status >= 500:
             context.logger.error_with("request failed", error=str(exc))
@@ -56,4 +59,4 @@ def handler(context, event):
     except Exception as exc:  # never let a bug answer Nuclio's text/plain traceback
         context.logger.error_with("unexpected error", error=repr(exc))
         return _json(context, 500, {"error": f"internal error: {exc}"})
-    return _json(context, 200, answer)
+    return _json(context, 200, body)
