@@ -164,3 +164,64 @@ def test_schema_rejects_unknown_and_bad_params():
     for bad in ({"iou": 0.5}, {"layout": "v9"}, {"iou_threshold": 2}, {"max_detections": 0}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.Draft7Validator(schema).validate(bad)
+
+
+# -- rotated boxes: an angle column (YOLOv8-OBB) ---------------------------------------------
+
+def obb_rows():
+    """(N, 4+2+1) rows: centre box, 2 class scores, angle in radians (YOLOv8-OBB's last column)."""
+    return np.array([
+        [32, 20, 20, 10, 0.10, 0.90, np.pi / 6],  # class 1, 30 degrees clockwise
+        [33, 20, 20, 10, 0.10, 0.70, np.pi / 6],  # the same object, weaker: NMS drops it
+        [10, 50, 16, 8, 0.80, 0.05, -np.pi / 2],  # class 0, a quarter turn anticlockwise
+        [50, 50, 8, 8, 0.60, 0.10, 0.0],  # class 0, not turned
+        [5, 5, 4, 4, 0.10, 0.20, 1.0],  # below the threshold
+    ], np.float32)
+
+
+def test_angle_column_gives_clockwise_degrees_and_is_not_a_class():
+    # auto layout with 2 labels: rows of 4 + 2 + 1 read as v8 once the angle is counted
+    det = decode({"output0": obb_rows().T[None]}, {"angle": -1})
+    np.testing.assert_allclose(det.boxes, [[22, 15, 42, 25], [2, 46, 18, 54], [46, 46, 54, 54]])
+    np.testing.assert_allclose(det.scores, [0.9, 0.8, 0.6], rtol=1e-6)
+    assert det.class_ids.tolist() == [1, 0, 0]
+    np.testing.assert_allclose(det.angles, [30.0, -90.0, 0.0], atol=1e-5)
+    assert det.angles.dtype == np.float32
+    same = decode({"output0": obb_rows()[None]}, {"angle": 6, "layout": "v8_transposed"})
+    np.testing.assert_array_equal(same.angles, det.angles)
+    assert decode({"output0": obb_rows().T[None]}, {"layout": "v8"}).angles is None  # without the param: none
+
+
+def test_angle_column_errors_and_class_count():
+    from common.runtimes import TensorInfo
+
+    with pytest.raises(ModelConfigError, match=r"angle 2 must be a column after the box, with at least one class"):
+        decode({"output0": obb_rows().T[None]}, {"angle": 2})
+    with pytest.raises(ModelConfigError, match="angle is read from raw heads only"):
+        decode({"output0": obb_rows()[None, :, :6]}, {"angle": -1, "nms_in_graph": True})
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(get("yolo").params_schema).validate({"angle": 1.5})
+    head = [TensorInfo("output0", (1, 7, 21), np.dtype(np.float32))]
+    assert get("yolo").class_count(head, {"angle": -1}) == 2
+    assert get("yolo").class_count(head, {}) == 3
+
+
+def test_handler_answers_rotated_rectangles(tmp_path):
+    from tests import synthetic_models as sm
+    from tests.cvat_answer import check_answer
+    from tests.test_runner_synthetic import detector_manifest, start, white
+    from tools.nuclio_harness import http_event
+
+    manifest = detector_manifest("obb", decoder={"name": "yolo", "output": "output0", "angle": -1},
+                                 labels=("plane", "ship"))
+    worker = start(tmp_path, "obb", manifest, sm.fixed_rows_detector(obb_rows().T[None], (64, 64)))
+    result = worker.invoke(http_event({"image": white(128, 128)}))  # twice the input: no pad, same angles
+    assert result.status == 200, result.body
+    answer = check_answer(result.json(), worker.context.user_data.model.record.manifest.labels)
+    assert answer == [
+        {"label": "ship", "type": "rectangle", "points": [44.0, 30.0, 84.0, 50.0], "confidence": "0.9000",
+         "rotation": 30.0},
+        {"label": "plane", "type": "rectangle", "points": [4.0, 92.0, 36.0, 108.0], "confidence": "0.8000",
+         "rotation": 270.0},
+        {"label": "plane", "type": "rectangle", "points": [92.0, 92.0, 108.0, 108.0], "confidence": "0.6000"},
+    ]

@@ -79,6 +79,9 @@ ASSETS: dict[str, Asset] = {a.basename: a for a in (
     # MediaPipe selfie (person) segmentation; the wheel is only unpacked (it pins numpy<2).
     Asset("mediapipe==0.10.21", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
           "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c", "Apache-2.0 (Google MediaPipe)"),
+    # MediaPipe BlazePose GHUM full landmark model (33 body points + 6 auxiliary), from the same wheel.
+    Asset("mediapipe==0.10.21", "mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
+          "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f", "Apache-2.0 (Google MediaPipe)"),
 )}
 
 

@@ -18,6 +18,7 @@ import importlib
 import io
 import json
 import logging
+import re
 import shutil
 import statistics
 import sys
@@ -44,9 +45,16 @@ IMAGES = {
     "page-orientation-classifier": ("page.png", "page-rot90.png", "page-rot180.png"),
     "mobilenet-reid": ("astronaut.png",),  # a frame pair made from it (tools/demo_reid.py)
     "mobilenet-v2-classifier": ("chelsea.png", "coffee.png", "grace_hopper.jpg"),
+    "selfie-person-segmenter": ("astronaut.png", "grace_hopper.jpg"),
+    # a landmark model wants a person crop with room around them (see its model.json)
+    "mediapipe-pose-landmarks": ("astronaut.png", "hopper-framed.png", "coffee.png"),
 }
 # Pictures made from an asset: name -> (asset, degrees turned counter-clockwise).
 ROTATED = {"page-rot90.png": ("page.png", 90), "page-rot180.png": ("page.png", 180)}
+# Pictures made from an asset: name -> (asset, side of a black square as a multiple of the asset's longer
+# side, the asset's top as a fraction of that side); the asset is centred across. A portrait framed like
+# the person crops MediaPipe's pose detector makes (about twice head-to-hip, around the hips, head on top).
+FRAMED = {"hopper-framed.png": ("grace_hopper.jpg", 2.0, 0.1)}
 # Demo models whose files a converter makes instead of a wheel: model folder -> "module:function"
 # returning the folder in which those files lie at the paths model.json names.
 BUILT = {"ssdlite-person-detector-savedmodel": "tools.models.tensorflow_build:ssdlite_savedmodel_folder"}
@@ -86,7 +94,9 @@ def build_registry(dest: Path) -> Path:
 
 
 def demo_image(name: str, folder: Path) -> Path:
-    """An asset picture, or one of :data:`ROTATED` made from its asset into ``folder``."""
+    """An asset picture, or one of :data:`ROTATED` or :data:`FRAMED` made from its asset into ``folder``."""
+    if name in FRAMED:
+        return _framed(name, folder)
     if name not in ROTATED:
         return asset_path(name)
     source, degrees = ROTATED[name]
@@ -94,6 +104,25 @@ def demo_image(name: str, folder: Path) -> Path:
     if not out.exists():
         folder.mkdir(parents=True, exist_ok=True)
         Image.open(asset_path(source)).rotate(degrees, expand=True).save(out)
+    return out
+
+
+def framed_layout(name: str) -> tuple[int, tuple[int, int]]:
+    """The :data:`FRAMED` picture ``name``: its side, and where the asset's top-left corner lies on it."""
+    source, scale, top = FRAMED[name]
+    width, height = Image.open(asset_path(source)).size
+    side = round(max(width, height) * scale)
+    return side, ((side - width) // 2, round(side * top))
+
+
+def _framed(name: str, folder: Path) -> Path:
+    out = folder / name
+    if not out.exists():
+        side, offset = framed_layout(name)
+        framed = Image.new("RGB", (side, side))
+        framed.paste(Image.open(asset_path(FRAMED[name][0])).convert("RGB"), offset)
+        folder.mkdir(parents=True, exist_ok=True)
+        framed.save(out)
     return out
 
 
@@ -131,8 +160,25 @@ def image_b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def draw(image_path: Path, shapes: list[dict], out: Path, labels: list[str]) -> None:
-    """The picture with each shape outlined and tagged ``label score`` on a coloured band."""
+def skeleton_edges(labels) -> dict[str, list[tuple[str, str]]]:
+    """Skeleton label name -> its edges as (point name, point name), read from the label's svg
+    (CVAT's form: ``<line data-node-from=.. data-node-to=..>``, ``<circle data-node-id=..
+    data-label-name=..>``)."""
+    edges = {}
+    for label in labels:
+        if label.type != "skeleton" or not label.svg:
+            continue
+        nodes = {m.group(1): m.group(2) for m in re.finditer(
+            r'<circle[^>]*?data-node-id="(\d+)"[^>]*?data-label-name="([^"]*)"', label.svg)}
+        pairs = re.findall(r'<line[^>]*?data-node-from="(\d+)"[^>]*?data-node-to="(\d+)"', label.svg)
+        edges[label.name] = [(nodes[a], nodes[b]) for a, b in pairs if a in nodes and b in nodes]
+    return edges
+
+
+def draw(image_path: Path, shapes: list[dict], out: Path, labels: list[str],
+         edges: dict[str, list[tuple[str, str]]] | None = None) -> None:
+    """The picture with each shape outlined and tagged ``label score`` on a coloured band
+    (a skeleton: its visible points, joined by the ``edges`` of its label)."""
     image = Image.open(image_path).convert("RGBA")
     bands = Image.new("RGBA", image.size)
     canvas, band_canvas = ImageDraw.Draw(image), ImageDraw.Draw(bands)
@@ -145,6 +191,10 @@ def draw(image_path: Path, shapes: list[dict], out: Path, labels: list[str]) -> 
             tags += 1
         elif shape["type"] == "skeleton":
             pts = [v for e in shape["elements"] if not e["outside"] for v in e["points"]]
+            seen = {e["label"]: e["points"] for e in shape["elements"] if not e["outside"]}
+            for a, b in (edges or {}).get(shape["label"], []):
+                if a in seen and b in seen:
+                    canvas.line(seen[a] + seen[b], fill=color, width=2)
             for x, y in zip(pts[0::2], pts[1::2]):
                 canvas.ellipse((x - 3, y - 3, x + 3, y + 3), outline=color, width=2)
         else:
@@ -306,7 +356,8 @@ def main() -> int:
             shapes = result.json()
             stem = Path(name).stem
             (output / model_dir.name / f"{stem}.json").write_text(json.dumps(shapes, indent=1))
-            draw(path, shapes, output / model_dir.name / f"{stem}.png", labels)
+            draw(path, shapes, output / model_dir.name / f"{stem}.png", labels,
+                 skeleton_edges(worker.context.user_data.model.record.manifest.labels))
             kinds = sorted({s["label"] for s in shapes})
             rows.append((model_dir.name, name, len(shapes), ", ".join(kinds)[:40], statistics.median(timings)))
     header = f"{'model':<34} {'image':<18} {'shapes':>6}  {'labels':<40} {'latency ms':>10}"

@@ -148,7 +148,7 @@ _REGISTRY: dict[str, DecoderInfo] = {}
 
 # Modules that define decoders; imported on first lookup.
 _MODULES = ("yolo", "ssd", "db_text", "gfl", "ssd_anchors", "segmentation", "instance_seg", "classification",
-            "keypoints")
+            "keypoints", "landmarks")
 
 
 RESULTS = ("boxes", "masks", "tags", "keypoints")

@@ -19,6 +19,10 @@ With ``nms_in_graph`` the model already ran NMS and emits final rows, either
 or ``batch_xyxy_class_score`` (``[K, 7]``: batch, x1, y1, x2, y2, class, score — yolov7's
 ``--end2end``/``--include-nms`` ONNX). Padding rows (score <= 0, class < 0, all zeros) are skipped
 and no NMS is run again.
+
+With ``angle`` (YOLOv8-OBB heads, ``[1, 4+C+1, N]``: box, class scores, angle in radians) each
+row's angle column is read as a clockwise rotation of its (unrotated) box and is not a class;
+NMS compares the unrotated boxes.
 """
 
 from __future__ import annotations
@@ -71,6 +75,16 @@ PARAMS_SCHEMA: dict[str, Any] = params_schema("yolo decoder parameters", {
             "default": "xyxy_score_class",
             "description": "Row format with nms_in_graph: 'xyxy_score_class' [1, K, 6] (default; "
                            "YOLOv8/v10 end-to-end) or 'batch_xyxy_class_score' [K, 7] (yolov7 NMS export).",
+        },
+        "angle": {
+            "type": ["integer", "null"],
+            "minimum": -1000,
+            "maximum": 1000,
+            "default": None,
+            "description": "Rotated boxes (YOLOv8-OBB: cx, cy, w, h, class scores..., angle): index of the angle "
+                           "in each candidate row, negative from the end (-1: the last). The angle is in "
+                           "radians, clockwise on the picture; boxes are the unrotated rectangles. Default "
+                           "null: no angle. Not read with nms_in_graph.",
         },
         **nms_params(0.45, 300),
 })
@@ -153,8 +167,13 @@ def decode(outputs: Mapping[str, np.ndarray], ctx: DecodeContext, params: Mappin
     p = {**_DEFAULTS, **params}
     head = output_named(outputs, p["output"], "output")
     if p["nms_in_graph"]:
+        if p["angle"] is not None:
+            raise ModelConfigError([("$.output.decoder.angle", "angle is read from raw heads only, not with "
+                                                               "nms_in_graph")])
         return _decode_final_rows(head, p, ctx)
 
+    if p["angle"] is not None:
+        return _decode_rotated(head, p, ctx)
     rows, has_objectness = _rows(np.asarray(head), p["layout"], ctx.num_classes)
     rows = rows.astype(np.float32, copy=False)
     first_class = 5 if has_objectness else 4
@@ -192,4 +211,37 @@ def class_count(runtime_outputs, params: Mapping[str, Any]) -> int | None:
     if layout == "auto":
         layout = "v8" if a < b else None
     count = {"v8": a - 4, "v8_transposed": b - 4, "v5": b - 5}.get(layout)
+    if count is not None and p["angle"] is not None:
+        count -= 1  # the angle column is not a class
     return count if count is not None and count > 0 else None
+
+
+def _decode_rotated(head: np.ndarray, p: Mapping[str, Any], ctx: DecodeContext) -> Detections:
+    """Raw rows with an angle column (YOLOv8-OBB): the classes are the columns after the box
+    (and objectness) but the angle; angles (radians) become clockwise degrees."""
+    # the angle column widens each row by one: counted as one more "class" when matching the layout
+    rows, has_objectness = _rows(np.asarray(head), p["layout"], ctx.num_classes + 1 if ctx.num_classes else None)
+    rows = rows.astype(np.float32, copy=False)
+    first_class, width = (5 if has_objectness else 4), rows.shape[1]
+    column = p["angle"] if p["angle"] >= 0 else width + p["angle"]
+    if not first_class <= column < width or width - first_class < 2:
+        after = "box and objectness" if has_objectness else "box"
+        raise ModelConfigError([("$.output.decoder.angle", f"rows of {width} values: angle {p['angle']} must be "
+                                                           f"a column after the {after}, with at least one class "
+                                                           "column besides it")])
+    class_scores = np.delete(rows[:, first_class:], column - first_class, axis=1)
+    class_ids = np.argmax(class_scores, axis=1)
+    scores = class_scores[np.arange(rows.shape[0]), class_ids]
+    if has_objectness:
+        scores = scores * rows[:, 4]
+    keep = np.flatnonzero(scores >= ctx.score_threshold)
+    if not keep.shape[0]:
+        return Detections.empty()
+    boxes = _to_xyxy(rows[keep, :4], p["box_format"])
+    if p["normalized"]:
+        boxes = _scale(boxes, ctx)
+    scores, class_ids = scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
+    angles = np.degrees(rows[keep, column].astype(np.float64)).astype(np.float32)
+    picked = nms(boxes, scores, p["iou_threshold"], class_ids, p["class_agnostic"], p["max_detections"])
+    log.debug("yolo (rotated): %d candidates over threshold, %d after NMS", keep.shape[0], picked.shape[0])
+    return Detections(boxes[picked], scores[picked], class_ids[picked], angles=angles[picked])
