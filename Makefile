@@ -9,10 +9,14 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# Every requirements file dev.txt installs, directly or through -r.
-$(STAMP): requirements/dev.txt requirements/runner-onnx.txt requirements/runner-base.txt
+# Every requirements file dev.txt installs, directly or through -r; then the pack itself
+# (editable, no dependencies) for the `cvat-registry` command in .venv/bin.
+$(STAMP): requirements/dev.txt requirements/runner-onnx.txt requirements/runner-base.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else \
+		"Python 3.11 is required (found %d.%d): make PYTHON=python3.11 ..." % sys.version_info[:2])'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
 test: $(STAMP)

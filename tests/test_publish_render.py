@@ -60,7 +60,7 @@ def test_a_demo_model_renders_to_the_exact_body(demo_registry):
             "description": record.manifest.description,
             "runtime": "python:3.11",
             "handler": "main:handler",
-            "image": "cvat.gdrive-runner.onnx",
+            "image": f"cvat.gdrive-runner.onnx:{__version__}",
             "env": [
                 {"name": "MODEL_REGISTRY", "value": "gdrive:CVAT_Models"},
                 {"name": "MODEL_NAME", "value": "cdla-layout-detector"},
@@ -157,9 +157,9 @@ def test_runtime_families_pick_images(demo_registry):
               for f in ("blazeface-face-detector", "cdla-layout-detector", "cdla-layout-detector-openvino",
                         "blazeface-face-detector-tflite", "ssdlite-person-detector")}
     # ONNX Runtime and OpenVINO share the onnx image (common/runtimes/families.py).
-    assert images == {"blazeface-face-detector": "cvat.gdrive-runner.onnx",
-                      "cdla-layout-detector": "cvat.gdrive-runner.onnx",
-                      "cdla-layout-detector-openvino": "cvat.gdrive-runner.onnx",
+    onnx = f"cvat.gdrive-runner.onnx:{__version__}"
+    assert images == {"blazeface-face-detector": onnx, "cdla-layout-detector": onnx,
+                      "cdla-layout-detector-openvino": onnx,
                       "blazeface-face-detector-tflite": "registry.local/tf:2.21",
                       "ssdlite-person-detector": "registry.local/tf:2.21"}
     manifest = reg.resolve("cdla-layout-detector").manifest
@@ -259,10 +259,10 @@ def test_settings_defaults():
     assert (settings.registry, settings.namespace, settings.project, settings.prefix, settings.workers,
             settings.network, settings.cache_size, settings.pass_env, settings.max_event_timeout) == (
         "local:/opt/registry", "nuclio", "cvat", "gdrive-", 2, None, 20 << 30, (), 55)
-    assert dict(settings.images) == {"onnx": "cvat.gdrive-runner.onnx",
-                                     "pytorch": "cvat.gdrive-runner.pytorch",
-                                     "tensorflow": "cvat.gdrive-runner.tensorflow"}
-    assert settings.gpu_images["onnx"] == "cvat.gdrive-runner.onnx-gpu"
+    assert dict(settings.images) == {"onnx": f"cvat.gdrive-runner.onnx:{__version__}",
+                                     "pytorch": f"cvat.gdrive-runner.pytorch:{__version__}",
+                                     "tensorflow": f"cvat.gdrive-runner.tensorflow:{__version__}"}
+    assert settings.gpu_images["onnx"] == f"cvat.gdrive-runner.onnx-gpu:{__version__}"
 
 
 def test_a_latency_that_is_not_a_number_is_refused_at_the_edge(tmp_path):

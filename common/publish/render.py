@@ -18,12 +18,13 @@ variable                          meaning                                       
                                   read-only at the registry's path in every function
 ``NUCLIO_NAMESPACE``              functions' namespace                                    ``nuclio``
 ``NUCLIO_PROJECT``                project (CVAT lists project ``cvat`` only)              ``cvat``
-``RUNNER_IMAGE_ONNX``             runner image, onnx family (ONNX Runtime and OpenVINO)   ``cvat.gdrive-runner.onnx``
-``RUNNER_IMAGE_PYTORCH``          runner image, PyTorch family                            ``cvat.gdrive-runner.pytorch``
+``RUNNER_IMAGE_ONNX``             runner image, onnx family (ONNX Runtime and OpenVINO)   ``cvat.gdrive-runner.onnx:V``
+``RUNNER_IMAGE_PYTORCH``          runner image, PyTorch family                            ``cvat.gdrive-runner.``
+                                                                                          ``pytorch:V``
 ``RUNNER_IMAGE_TENSORFLOW``       runner image, TensorFlow family (tensorflow, keras,     ``cvat.gdrive-runner.``
-                                  tflite)                                                 ``tensorflow``
+                                  tflite)                                                 ``tensorflow:V``
 ``RUNNER_IMAGE_<FAMILY>_GPU``     the same, for models that need a GPU                    ``cvat.gdrive-runner.``
-                                                                                          ``<family>-gpu``
+                                                                                          ``<family>-gpu:V``
 ``MODEL_CACHE_DIR``               the shared cache, as mounted in every function          ``/var/cache/cvat-models``
 ``MODEL_CACHE_HOST_DIR``          the shared cache's host folder (hostPath)               ``MODEL_CACHE_DIR``
 ``MODEL_CACHE_SIZE``              cache byte limit (``20GiB``, ``500MB``, bytes);         ``20GiB``
@@ -45,6 +46,8 @@ variable                          meaning                                       
 ``PUBLISH_MAX_REPLICAS``          Kubernetes: ``maxReplicas`` (needs MIN; default: MIN,   (not set)
                                   or 1 when MIN is 0)
 ================================  ======================================================  ===========================
+
+``V`` is the pack version (``common.__version__``): the tag ``make deploy`` builds.
 
 ``PUBLISH_PASS_ENV`` defaults to ``GOOGLE_DRIVE_SERVICE_ACCOUNT_KEY,GOOGLE_DRIVE_USE_ADC,
 DRIVE_ROOT_URL,DRIVE_RETRIES``: names and paths, never secrets.
@@ -114,9 +117,11 @@ OWN_ENV = frozenset({"MODEL_REGISTRY", "MODEL_NAME", "MODEL_VERSION", "MODEL_CAC
                      "MODEL_REFRESH_SECONDS", "RUNNER_WORKERS"})
 
 # Runner images per family (common/runtimes/families.py: ONNX Runtime and OpenVINO
-# share the onnx image); RUNNER_IMAGE_<FAMILY>[_GPU] overrides each.
-DEFAULT_IMAGES: Mapping[str, str] = MappingProxyType({f: image_name(f) for f in FAMILIES})
-DEFAULT_GPU_IMAGES: Mapping[str, str] = MappingProxyType({f: image_name(f, gpu=True) for f in FAMILIES})
+# share the onnx image), tagged with the pack version as `make deploy` builds them;
+# RUNNER_IMAGE_<FAMILY>[_GPU] overrides each.
+DEFAULT_IMAGES: Mapping[str, str] = MappingProxyType({f: f"{image_name(f)}:{__version__}" for f in FAMILIES})
+DEFAULT_GPU_IMAGES: Mapping[str, str] = MappingProxyType(
+    {f: f"{image_name(f, gpu=True)}:{__version__}" for f in FAMILIES})
 # When model.json names no engine the framework picks the family.
 FRAMEWORK_FAMILIES: Mapping[str, str] = MappingProxyType({
     "onnx": "onnx", "openvino": "onnx", "pytorch": "pytorch", "tensorflow": "tensorflow", "keras": "tensorflow",

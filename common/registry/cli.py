@@ -263,6 +263,11 @@ def _sync_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
         merged["SYNC_WORK_DIR"] = str(Path.home() / ".cache" / "cvat-registry")
     if getattr(args, "dashboard", None):
         merged["NUCLIO_DASHBOARD_URL"] = args.dashboard
+    kind, _, where = merged[REGISTRY_SETTING].strip().partition(":")
+    if kind == "local" and not where.startswith("/"):
+        _err(f"{PROG}: warning: the published functions get MODEL_REGISTRY={merged[REGISTRY_SETTING].strip()}, a "
+             f"path relative to their own working directory: give the registry's absolute path as the "
+             f"functions see it, and PUBLISH_REGISTRY_HOST_DIR to mount it")
     if getattr(args, "no_delete", False):
         merged["SYNC_DELETE_STALE"] = "false"
     if args.no_smoke:
