@@ -31,6 +31,14 @@ from common.errors import ModelConfigError
 
 log = logging.getLogger(__name__)
 
+# The single-object keypoint decoders (heatmaps, landmarks) name the skeleton label by id.
+SKELETON_LABEL_ID = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": 10000000,
+    "default": 0,
+    "description": "Class id of the object (the skeleton label's id). Default 0.",
+}
 KEYPOINT_THRESHOLD = {
     "type": "number",
     "minimum": 0,
@@ -110,13 +118,7 @@ HEATMAP_SCHEMA: dict[str, Any] = params_schema("heatmap_keypoints decoder parame
     },
     "keypoint_threshold": KEYPOINT_THRESHOLD,
     "keypoint_activation": KEYPOINT_ACTIVATION,
-    "label_id": {
-        "type": "integer",
-        "minimum": 0,
-        "maximum": 10000000,
-        "default": 0,
-        "description": "Class id of the object (the skeleton label's id). Default 0.",
-    },
+    "label_id": SKELETON_LABEL_ID,
 })
 
 _HEATMAP_DEFAULTS = param_defaults(HEATMAP_SCHEMA)

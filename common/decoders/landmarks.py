@@ -27,6 +27,7 @@ import numpy as np
 from common.decoders import (DecodeContext, Detections, output_named, output_param, param_defaults,
                              params_schema, register)
 from common.decoders.classification import activate
+from common.decoders.keypoints import SKELETON_LABEL_ID
 from common.errors import ModelConfigError
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,7 @@ PARAMS_SCHEMA: dict[str, Any] = params_schema("landmarks decoder parameters", {
                        "visibility of the kept points.",
     },
     "score_activation": _activation("the object scores"),
-    "label_id": {
-        "type": "integer",
-        "minimum": 0,
-        "maximum": 10000000,
-        "default": 0,
-        "description": "Class id of the object (the skeleton label's id). Default 0.",
-    },
+    "label_id": SKELETON_LABEL_ID,
 })
 
 _DEFAULTS = param_defaults(PARAMS_SCHEMA)

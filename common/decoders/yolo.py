@@ -172,12 +172,16 @@ def decode(outputs: Mapping[str, np.ndarray], ctx: DecodeContext, params: Mappin
                                                                "nms_in_graph")])
         return _decode_final_rows(head, p, ctx)
 
-    if p["angle"] is not None:
-        return _decode_rotated(head, p, ctx)
-    rows, has_objectness = _rows(np.asarray(head), p["layout"], ctx.num_classes)
+    rotated = p["angle"] is not None
+    # An angle column (YOLOv8-OBB) widens each row by one: one more "class" when matching the layout.
+    expected = ctx.num_classes + 1 if rotated and ctx.num_classes else ctx.num_classes
+    rows, has_objectness = _rows(np.asarray(head), p["layout"], expected)
     rows = rows.astype(np.float32, copy=False)
     first_class = 5 if has_objectness else 4
     class_scores = rows[:, first_class:]
+    if rotated:
+        column = _angle_column(p["angle"], rows.shape[1], first_class, has_objectness)
+        class_scores = np.delete(class_scores, column - first_class, axis=1)
     class_ids = np.argmax(class_scores, axis=1)
     scores = class_scores[np.arange(rows.shape[0]), class_ids]
     if has_objectness:
@@ -191,7 +195,11 @@ def decode(outputs: Mapping[str, np.ndarray], ctx: DecodeContext, params: Mappin
     scores, class_ids = scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
     picked = nms(boxes, scores, p["iou_threshold"], class_ids, p["class_agnostic"], p["max_detections"])
     log.debug("yolo: %d candidates over threshold, %d after NMS", keep.shape[0], picked.shape[0])
-    return Detections(boxes[picked], scores[picked], class_ids[picked])
+    if not rotated:
+        return Detections(boxes[picked], scores[picked], class_ids[picked])
+    # Angles in radians become clockwise degrees (the pipeline's convention).
+    angles = np.degrees(rows[keep, column].astype(np.float64)).astype(np.float32)
+    return Detections(boxes[picked], scores[picked], class_ids[picked], angles=angles[picked])
 
 
 @class_counter("yolo")
@@ -216,32 +224,13 @@ def class_count(runtime_outputs, params: Mapping[str, Any]) -> int | None:
     return count if count is not None and count > 0 else None
 
 
-def _decode_rotated(head: np.ndarray, p: Mapping[str, Any], ctx: DecodeContext) -> Detections:
-    """Raw rows with an angle column (YOLOv8-OBB): the classes are the columns after the box
-    (and objectness) but the angle; angles (radians) become clockwise degrees."""
-    # the angle column widens each row by one: counted as one more "class" when matching the layout
-    rows, has_objectness = _rows(np.asarray(head), p["layout"], ctx.num_classes + 1 if ctx.num_classes else None)
-    rows = rows.astype(np.float32, copy=False)
-    first_class, width = (5 if has_objectness else 4), rows.shape[1]
-    column = p["angle"] if p["angle"] >= 0 else width + p["angle"]
+def _angle_column(angle: int, width: int, first_class: int, has_objectness: bool) -> int:
+    """The angle's column in rows of ``width`` values (negative counts from the end); it
+    must come after the box (and objectness) and leave at least one class column."""
+    column = angle if angle >= 0 else width + angle
     if not first_class <= column < width or width - first_class < 2:
         after = "box and objectness" if has_objectness else "box"
-        raise ModelConfigError([("$.output.decoder.angle", f"rows of {width} values: angle {p['angle']} must be "
+        raise ModelConfigError([("$.output.decoder.angle", f"rows of {width} values: angle {angle} must be "
                                                            f"a column after the {after}, with at least one class "
                                                            "column besides it")])
-    class_scores = np.delete(rows[:, first_class:], column - first_class, axis=1)
-    class_ids = np.argmax(class_scores, axis=1)
-    scores = class_scores[np.arange(rows.shape[0]), class_ids]
-    if has_objectness:
-        scores = scores * rows[:, 4]
-    keep = np.flatnonzero(scores >= ctx.score_threshold)
-    if not keep.shape[0]:
-        return Detections.empty()
-    boxes = _to_xyxy(rows[keep, :4], p["box_format"])
-    if p["normalized"]:
-        boxes = _scale(boxes, ctx)
-    scores, class_ids = scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
-    angles = np.degrees(rows[keep, column].astype(np.float64)).astype(np.float32)
-    picked = nms(boxes, scores, p["iou_threshold"], class_ids, p["class_agnostic"], p["max_detections"])
-    log.debug("yolo (rotated): %d candidates over threshold, %d after NMS", keep.shape[0], picked.shape[0])
-    return Detections(boxes[picked], scores[picked], class_ids[picked], angles=angles[picked])
+    return column
