@@ -14,7 +14,8 @@ usage: deploy/deploy.sh [--gpu] [--platform local|kube] [--settings FILE] [--dry
   --platform   local (Docker, CVAT's serverless compose file) or kube (CVAT's Helm chart);
                default: NUCLIO_PLATFORM from the settings, else local
   --settings   the settings file (default deploy/settings.env; see settings.env.example)
-  --dry-run    print the commands, run none of them
+  --dry-run    print the commands, run none of them (the configs they use are still
+               written to build/deploy/, so they can be run as printed)
 EOF
 }
 
@@ -28,27 +29,35 @@ GPU_FLAG=()
 [ "$GPU" = 1 ] && GPU_FLAG=(--gpu)
 
 # The Drive key: a file readable by its owner only; its content is never read here.
+# A dry run runs nothing, so a key not yet in place is a warning there, not a stop.
+key_problem() {
+    if [ "$DRY_RUN" = 1 ]; then
+        say "warning: $* (a real deploy stops here)"
+    else
+        die "$*"
+    fi
+}
 KEY_FILE="$(setting drive_key_file)"
 if [ -n "$KEY_FILE" ]; then
-    [ -f "$KEY_FILE" ] || die "DRIVE_KEY_FILE $KEY_FILE does not exist"
-    [ -s "$KEY_FILE" ] || die "DRIVE_KEY_FILE $KEY_FILE is empty"
-    mode="$(stat -c '%a' "$KEY_FILE")"
-    case "$mode" in
-        [0-7]00) ;;
-        *) die "DRIVE_KEY_FILE $KEY_FILE is readable by others (mode $mode): chmod 600 '$KEY_FILE'" ;;
-    esac
+    if [ ! -f "$KEY_FILE" ]; then
+        key_problem "DRIVE_KEY_FILE $KEY_FILE does not exist"
+    elif [ ! -s "$KEY_FILE" ]; then
+        key_problem "DRIVE_KEY_FILE $KEY_FILE is empty"
+    else
+        mode="$(stat -c '%a' "$KEY_FILE")"
+        case "$mode" in
+            [0-7]00) ;;
+            *) key_problem "DRIVE_KEY_FILE $KEY_FILE is readable by others (mode $mode): chmod 600 '$KEY_FILE'" ;;
+        esac
+    fi
 fi
 
 require_tool nuctl "install the nuctl matching CVAT's Nuclio dashboard (docs/admin-guide.md, Versions)"
 [ "$PLATFORM" = kube ] && require_tool kubectl "needed on Kubernetes for the Drive key Secret and the node DaemonSet"
 
-if [ "$DRY_RUN" = 1 ]; then
-    OUT="$(mktemp -d)"
-    trap 'rm -rf "$OUT"' EXIT
-else
-    OUT="$BUILD_DIR/deploy"
-    mkdir -p "$OUT"
-fi
+# Generated configs go here in a dry run too, so that the printed commands can be run as printed.
+OUT="$BUILD_DIR/deploy"
+mkdir -p "$OUT"
 
 say "== cvat-gdrive-pack $("$PY" -c 'import common; print(common.__version__)') on $PLATFORM"
 
@@ -59,7 +68,7 @@ run "$PY" -m tools.stage registry-sync "$BUILD_DIR/registry-sync"
 # 2. Configs generated from the settings.
 "$PY" -m deploy.pack_config sync-config --platform "$PLATFORM" "${GPU_FLAG[@]}" --out "$OUT/registry-sync.yaml"
 if [ "$DRY_RUN" = 1 ]; then
-    say "registry-sync config (deployed with --file):"
+    say "registry-sync config ($OUT/registry-sync.yaml, deployed with --file):"
     cat "$OUT/registry-sync.yaml" >&2
 else
     say "registry-sync config: $OUT/registry-sync.yaml"
@@ -114,4 +123,9 @@ if ! run nuctl invoke registry-sync "${WHERE[@]}" -m POST -c application/json -b
     say "warning: the first sync failed; its report is above. docs/admin-guide.md, Troubleshooting."
 fi
 run nuctl get function "${WHERE[@]}"
-say "== done: open CVAT's Models page; registry-sync publishes again every $(setting interval) $(setting schedule)"
+if [ "$DRY_RUN" = 1 ]; then
+    say "== dry run: nothing was run. The commands above, run in order from $REPO, deploy the pack;"
+    say "   the configs they name are in $OUT."
+else
+    say "== done: open CVAT's Models page; registry-sync publishes again every $(setting interval) $(setting schedule)"
+fi

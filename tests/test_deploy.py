@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -225,16 +226,38 @@ def test_kube_deploy_uses_a_secret_a_node_daemonset_the_registry_and_the_in_clus
 def test_dry_run_prints_every_command_and_changes_nothing(site):
     done = site.run("deploy.sh", "--dry-run", "--gpu")
     assert done.returncode == 0, done.stderr
-    assert calls(site.log) == [] and not site.build.exists()
+    # Nothing runs; only the generated config is written, where the printed command names it.
+    assert calls(site.log) == []
+    assert sorted(str(p.relative_to(site.build)) for p in site.build.rglob("*")) == ["deploy",
+                                                                                   "deploy/registry-sync.yaml"]
+    assert config_problems(yaml.safe_load((site.build / "deploy" / "registry-sync.yaml").read_text())) == []
     assert sorted(site.dashboard.projects) == ["default"]
     lines = [line for line in done.stderr.splitlines() if line.startswith("+ ")]
     assert [line.split()[1:3] for line in lines] == (
         [[sys.executable, "-m"]] * 2 + [["nuctl", "create"]] * 2 + [["nuctl", "build"]] * 6
         + [["nuctl", "deploy"], ["nuctl", "invoke"], ["nuctl", "get"]])
     assert ("+ nuctl deploy registry-sync --project-name cvat-gdrive-pack --path "
-            f"{site.build}/registry-sync --file ") in done.stderr
+            f"{site.build}/registry-sync --file {site.build}/deploy/registry-sync.yaml ") in done.stderr
     assert "--platform-config '{\"attributes\": {\"network\": \"cvat_cvat\"}}' --platform local" in done.stderr
     assert f"      mountPath: {KEY_IN_FUNCTION}" in done.stderr     # the config is shown, paths only
+    assert "warning" not in done.stderr and "== dry run: nothing was run." in done.stderr
+
+
+def test_dry_run_with_the_example_settings_warns_about_the_missing_key_and_goes_on(site):
+    # The example's key path, as a new admin has it before the key is in place.
+    site.settings.write_text(site.settings.read_text().replace(f"DRIVE_KEY_FILE={site.key}",
+                                                               "DRIVE_KEY_FILE=/nonexistent/service-account.json"))
+    done = site.run("deploy.sh", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert ("warning: DRIVE_KEY_FILE /nonexistent/service-account.json does not exist "
+            "(a real deploy stops here)") in done.stderr
+    assert calls(site.log) == [] and sum(line.startswith("+ nuctl build") for line in done.stderr.splitlines()) == 3
+    assert (site.build / "deploy" / "registry-sync.yaml").is_file()
+    # The real deploy still stops before any call.
+    done = site.run("deploy.sh")
+    assert done.returncode == 1
+    assert "error: DRIVE_KEY_FILE /nonexistent/service-account.json does not exist" in done.stderr
+    assert calls(site.log) == []
 
 
 def test_missing_settings_are_named_and_nothing_runs(site):
@@ -321,6 +344,47 @@ def test_remove_deletes_registry_sync_and_what_it_published_only(site):
     # A second removal finds nothing and still succeeds.
     again = site.run("remove.sh")
     assert again.returncode == 0 and "removed 0 published function(s)" in again.stderr
+
+
+def test_remove_dry_run_lists_what_it_would_remove_and_deletes_nothing(site):
+    assert site.run("deploy.sh").returncode == 0
+    _publish(site.dashboard, "gdrive-yolov8n", managed=True)
+    _publish(site.dashboard, "gdrive-blazeface", managed=True)
+    _publish(site.dashboard, "onnx-wongkinyiu-yolov7", managed=False)
+    before = len(calls(site.log))
+    done = site.run("remove.sh", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    where = ("--platform", "local")
+    # Only nuctl's read-only queries run.
+    assert [c.argv for c in calls(site.log)[before:]] == [
+        ("get", "function", "registry-sync", *where), ("get", "function", *where, "-o", "json"),
+        ("get", "project", "cvat-gdrive-pack", *where)]
+    assert [line for line in done.stderr.splitlines() if line.startswith("+ ")] == [
+        "+ nuctl delete function registry-sync --platform local",
+        "+ nuctl delete function gdrive-blazeface --platform local",
+        "+ nuctl delete function gdrive-yolov8n --platform local",
+        "+ nuctl delete project cvat-gdrive-pack --platform local"]
+    assert ("== dry run: would remove 2 published function(s) (gdrive-blazeface gdrive-yolov8n) and "
+            "registry-sync.") in done.stderr
+    assert "removed" not in done.stderr.replace("would remove", "")
+    assert sorted(site.dashboard.functions_json(None)) == ["gdrive-blazeface", "gdrive-yolov8n",
+                                                           "onnx-wongkinyiu-yolov7", "registry-sync"]
+
+
+def test_remove_dry_run_without_nuctl_says_it_cannot_know(site):
+    path = os.environ["PATH"]
+    assert shutil.which("nuctl", path=path) is None   # this machine's PATH, without the stand-ins
+    site.env["PATH"] = path
+    done = site.run("remove.sh", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "note: nuctl is not on PATH, so this dry run cannot ask what is deployed" in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("+ ")] == [
+        "+ nuctl delete function registry-sync --platform local   (when deployed)",
+        "+ nuctl get function --platform local -o json   (then delete each with label cvat-gdrive-pack/managed=true)",
+        "+ nuctl delete project cvat-gdrive-pack --platform local   (when it exists)"]
+    assert ("== dry run: would remove registry-sync and every function labelled cvat-gdrive-pack/managed=true;\n"
+            "   which ones cannot be known without asking nuctl") in done.stderr
+    assert calls(site.log) == []
 
 
 def test_remove_with_one_published_function_reads_nuctls_single_object(site):

@@ -70,10 +70,13 @@ COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f0
 log = logging.getLogger("demo")
 
 
-def build_registry(dest: Path) -> Path:
-    """Lay out a registry folder (Drive's layout) from demo/models and the asset cache."""
+def build_registry(dest: Path, names: frozenset[str] | None = None) -> Path:
+    """Lay out a registry folder (Drive's layout) from demo/models and the asset cache
+    (only the models ``names`` when given)."""
     dest.mkdir(parents=True, exist_ok=True)
     for model_dir in sorted(p for p in DEMO_MODELS.iterdir() if (p / "model.json").is_file()):
+        if names is not None and model_dir.name not in names:
+            continue
         manifest = json.loads((model_dir / "model.json").read_text())
         target = dest / model_dir.name
         target.mkdir(exist_ok=True)
