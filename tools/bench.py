@@ -32,6 +32,10 @@ alone, ``--no-memory`` skips it).
 Then the Drive registry against the Drive v3 stand-in (:mod:`tools.bench_drive`):
 requests per listing, and a 1 GiB download's throughput and memory
 (``--drive-only`` runs that part alone, ``--no-drive`` skips it).
+
+Then registry-sync against the Drive and dashboard stand-ins (:mod:`tools.bench_sync`):
+requests and wall time of a sync of 100 and 1000 models, first, unchanged and with one
+model changed (``--sync-only`` runs that part alone, ``--no-sync`` skips it).
 """
 
 from __future__ import annotations
@@ -234,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     drive.add_argument("--drive-only", action="store_true", help="only the Drive registry's figures")
     drive.add_argument("--no-drive", action="store_true", help="skip the Drive registry's figures")
     parser.add_argument("--drive-repeat", type=int, default=3, help="runs of each 1 GiB download kind")
+    sync = parser.add_mutually_exclusive_group()
+    sync.add_argument("--sync-only", action="store_true", help="only the registry-sync figures")
+    sync.add_argument("--no-sync", action="store_true", help="skip the registry-sync figures")
     runtimes = parser.add_mutually_exclusive_group()
     runtimes.add_argument("--runtimes-only", action="store_true", help="only the per-runtime table")
     runtimes.add_argument("--no-runtimes", action="store_true", help="skip the per-runtime table")
@@ -254,12 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         sys.stdout.write(json.dumps(measure(args.model, registry, args.out / "cache", args.repeat)) + "\n")
         return 0
-    only = args.models_only or args.memory_only or args.runtimes_only or args.drive_only
+    only = args.models_only or args.memory_only or args.runtimes_only or args.drive_only or args.sync_only
     parts = {
         "per-model latency": (args.models_only or not only, lambda: bench_models(registry, args)),
         "per-model memory": (args.memory_only or not (only or args.no_memory), lambda: bench_memory(registry, args)),
         "per-runtime": (args.runtimes_only or not (only or args.no_runtimes), lambda: _runtimes(args)),
         "Drive registry": (args.drive_only or not (only or args.no_drive), lambda: _drive(args)),
+        "registry-sync": (args.sync_only or not (only or args.no_sync), lambda: _sync(args)),
     }
     failed = []
     for part, (wanted, fn) in parts.items():
@@ -288,6 +296,13 @@ def _drive(args: argparse.Namespace) -> list[str]:
     from tools import bench_drive
 
     bench_drive.run(args.drive_repeat)
+    return []
+
+
+def _sync(args: argparse.Namespace) -> list[str]:
+    from tools import bench_sync
+
+    bench_sync.run()
     return []
 
 
