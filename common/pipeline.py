@@ -279,5 +279,9 @@ def _mask_item(dets: Detections, i: int, label: Label, box: np.ndarray, transfor
     ys_in, xs_in = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
     crop = inside[ys_in[0]:ys_in[-1] + 1, xs_in[0]:xs_in[-1] + 1]
     x1, y1 = c0 + int(xs_in[0]), r0 + int(ys_in[0])
+    if label.type == "polygon":
+        # The label asks for polygons: the outline alone, not a value for every pixel of the box
+        # (a large mask is megabytes of JSON).
+        return cvat.polygon(label.name, cvat.mask_polygon(crop, (x1, y1)), float(dets.scores[i]))
     return cvat.mask(label.name, crop, (x1, y1, x1 + crop.shape[1] - 1, y1 + crop.shape[0] - 1),
                      float(dets.scores[i]))

@@ -24,6 +24,7 @@ from tools.demo import DEMO_MODELS, IMAGES, RUNNER_DIR, demo_image, framed_layou
 from tools.nuclio_harness import Worker, http_event
 
 SEGMENTER, POSE = "selfie-person-segmenter", "mediapipe-pose-landmarks"
+POLYGONS = "selfie-person-polygons"
 # MediaPipe's pose landmark names, in its order (the model's first 33 points).
 MEDIAPIPE_POSE = ["nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
                   "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
@@ -48,6 +49,11 @@ def worker(tmp_path_factory):
         (root / model).mkdir()
         shutil.copy(DEMO_MODELS / model / "model.json", root / model / "model.json")
         shutil.copy(asset_path(manifest["file_name"]), root / model / manifest["file_name"])
+    # The segmenter with its label typed "polygon": outlines only.
+    polygons = json.loads((DEMO_MODELS / SEGMENTER / "model.json").read_text())
+    polygons["name"], polygons["labels"][0]["type"] = POLYGONS, "polygon"
+    shutil.copytree(root / SEGMENTER, root / POLYGONS)
+    (root / POLYGONS / "model.json").write_text(json.dumps(polygons))
     cache = tmp_path_factory.mktemp("cache")
     workers: dict[str, Worker] = {}
 
@@ -92,6 +98,14 @@ def test_segmenter_answers_one_person_mask_in_cvat_format(worker, image):
     assert len(xy) > 100
     assert (xy.min(0) >= [x1, y1]).all() and (xy.max(0) <= [x2, y2]).all()
     assert 0.98 * pixels <= cv2.contourArea(xy) <= pixels
+
+
+@pytest.mark.parametrize("image", sorted(MASKS))
+def test_a_segmenter_label_typed_polygon_answers_the_masks_outline_only(worker, image):
+    [mask] = ask(worker(SEGMENTER), asset_path(image))
+    [shape] = ask(worker(POLYGONS), asset_path(image))
+    assert shape == {"label": "person", "type": "polygon", "points": mask["points"],
+                     "confidence": mask["confidence"]}
 
 
 def test_segmenter_model_is_the_pinned_selfie_model():

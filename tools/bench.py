@@ -175,9 +175,28 @@ def _measure_detector(worker, jpeg: bytes, repeat: int) -> dict[str, float | str
     }, repeat)
 
 
+def kind_request(worker, kind: str, b64: str) -> dict:
+    """A valid request body of ``kind`` on the bench image (:data:`PAYLOADS`); a tracker's is a
+    continue call, so its start call is made here first."""
+    from tools.nuclio_harness import http_event
+
+    if kind == "detector":
+        return {"image": b64}
+    if kind == "interactor":
+        return {"image": b64, "pos_points": [[475, 253]], "neg_points": [], "obj_bbox": []}
+    if kind == "tracker":
+        start = _answered(worker, http_event({"image": b64, "states": [],
+                                              "shapes": [{"type": "rectangle", "points": ASTRONAUT_FACE}]}))
+        return {"image": b64, "shapes": [None], "states": start["states"]}
+    if kind == "reid":
+        box = {"type": "rectangle", "label_id": 1, "points": ASTRONAUT_FACE}
+        return {"image0": b64, "image1": b64, "boxes0": [box], "boxes1": [box]}
+    raise ValueError(f"no benchmark request for CVAT kind {kind!r}")
+
+
 def _measure_other(worker, kind: str, jpeg: bytes, repeat: int) -> dict[str, float | str]:
     """An interactor, tracker or reid model: the handler on a valid request of its kind
-    (:data:`PAYLOADS`) against one bare runtime call of the kind's network input."""
+    (:func:`kind_request`) against one bare runtime call of the kind's network input."""
     import numpy as np
 
     from common.imaging import decode_image
@@ -190,30 +209,21 @@ def _measure_other(worker, kind: str, jpeg: bytes, repeat: int) -> dict[str, flo
     image = decode_image(jpeg)
     x1, y1, x2, y2 = (int(v) for v in ASTRONAUT_FACE)
     face = np.ascontiguousarray(image[y1:y2, x1:x2])
+    event = http_event(kind_request(worker, kind, b64))
     if kind == "interactor":
-        body = {"image": b64, "pos_points": [[475, 253]], "neg_points": [], "obj_bbox": []}
         tensor, _ = prepare(face, pipeline.manifest.input, pipeline.target_hw)
         dtype = pipeline.input.dtype
         feeds = {pipeline.input.name: tensor if dtype is None else tensor.astype(dtype, copy=False)}
     elif kind == "tracker":
-        start = _answered(worker, http_event({"image": b64, "states": [],
-                                              "shapes": [{"type": "rectangle", "points": ASTRONAUT_FACE}]}))
-        body = {"image": b64, "shapes": [None], "states": start["states"]}
         if pipeline.detector is None:  # template matching only: no network call to compare with
             feeds = None
         else:
             tensor, _ = pipeline.detector.preprocess(image)
             feeds = {pipeline.detector.input.name: tensor}
-    elif kind == "reid":
-        box = {"type": "rectangle", "label_id": 1, "points": ASTRONAUT_FACE}
-        body = {"image0": b64, "image1": b64, "boxes0": [box], "boxes1": [box]}
-        # The handler embeds both crops in one call (two, when the batch is fixed at 1).
+    else:  # reid: the handler embeds both crops in one call (two, when the batch is fixed at 1)
         crop = pipeline._tensor(face)
         batch = np.concatenate([crop] * (pipeline.static_batch or 2), axis=0)
         feeds = {pipeline.input.name: batch}
-    else:
-        raise ValueError(f"no benchmark request for CVAT kind {kind!r}")
-    event = http_event(body)
     for _ in range(3):  # warm-up
         _answered(worker, event)
     stages = {"handler": lambda: worker.invoke(event)}
@@ -390,20 +400,23 @@ def _status_mib(field: str) -> float:
 
 def measure_memory(model_name: str, registry: Path, cache: Path) -> dict[str, float | str]:
     """One runner worker's memory, in this fresh process: before the function loads (the
-    interpreter and nuclio-sdk), after init_context, and the peak over one 1920x1080 call."""
+    interpreter and nuclio-sdk), after init_context, and the peak over one 1920x1080 request of
+    the model's kind (:func:`kind_request`)."""
     from tools.nuclio_harness import Worker, http_event
 
-    event = http_event({"image": base64.b64encode(bench_image()).decode("ascii")})
+    b64 = base64.b64encode(bench_image()).decode("ascii")
     before = _status_mib("VmRSS")
     worker = Worker(RUNNER_DIR, env={"MODEL_REGISTRY": f"local:{registry}", "MODEL_NAME": model_name,
                                      "MODEL_CACHE_DIR": str(cache), "MODEL_CACHE_SIZE": "1GiB",
                                      "MODEL_REFRESH_SECONDS": "0"})
     ready = _status_mib("VmRSS")
-    # A detector's payload: other kinds answer 400 to it, before their model runs (their peak is init's).
-    status = worker.invoke(event).status
+    from common.publish.kinds import cvat_kind  # after the figures above: not part of a runner
+
     record = worker.context.user_data.model.record
+    kind = cvat_kind(record.manifest.type)
+    _answered(worker, http_event(kind_request(worker, kind, b64)))
     return {"runtime": record.manifest.runtime.name, "files_mib": sum(f.size for f in record.files) / 2**20,
-            "kind": record.manifest.type, "status": status,
+            "kind": kind,
             "before": before, "ready": ready, "after": _status_mib("VmRSS"), "peak": _status_mib("VmHWM")}
 
 
@@ -426,13 +439,13 @@ def bench_memory(registry: Path, args: argparse.Namespace) -> list[str]:
             failed.append(model_dir.name)
         else:
             results[model_dir.name] = figures
-    log.info("\nmemory of one runner worker, MiB (one process per model; peak over one 1920x1080 call)")
+    log.info("\nmemory of one runner worker, MiB (one process per model; peak over one 1920x1080 request of its kind)")
     header = (f"{'model':<36} {'runtime':<12} {'files':>6} {'empty':>6} {'ready':>6} {'peak':>6} "
               f"{'2 workers':>9}")
     log.info("%s\n%s", header, "-" * len(header))
     for name, f in results.items():
         log.info("%-36s %-12s %6.1f %6.0f %6.0f %6.0f %9.0f%s", name, f["runtime"], f["files_mib"], f["before"],
-                 f["ready"], f["peak"], 2 * f["peak"], "" if f["status"] == 200 else f"  ({f['kind']}: init only)")
+                 f["ready"], f["peak"], 2 * f["peak"], "" if f["kind"] == "detector" else f"  ({f['kind']})")
     log.info("empty = interpreter + nuclio-sdk before the function loads; ready = after init_context;")
     log.info("peak = VmHWM; a CPU function runs RUNNER_WORKERS (default 2) such processes, a GPU function 1")
     return failed
