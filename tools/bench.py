@@ -128,7 +128,7 @@ def measure(model_name: str, registry: Path, cache: Path, repeat: int) -> dict[s
     return figures
 
 
-def _interleaved(stages: dict, repeat: int) -> dict[str, float]:
+def interleaved_ms(stages: dict, repeat: int) -> dict[str, float]:
     """Median ms of each stage, the stages called in turn so that the machine's ups and downs hit
     every stage alike."""
     times: dict[str, list[float]] = {name: [] for name in stages}
@@ -166,7 +166,7 @@ def _measure_detector(worker, jpeg: bytes, repeat: int) -> dict[str, float | str
     threshold = pipeline.manifest.output.score_threshold
     for _ in range(3):  # warm-up
         _answered(worker, event)
-    return _interleaved({
+    return interleaved_ms({
         "handler": lambda: worker.invoke(event),
         "runtime": lambda: model.runtime.run(feeds),
         "decode": lambda: decode_image_for(b64, pipeline.needed_size),
@@ -229,7 +229,7 @@ def _measure_other(worker, kind: str, jpeg: bytes, repeat: int) -> dict[str, flo
     stages = {"handler": lambda: worker.invoke(event)}
     if feeds is not None:
         stages["runtime"] = lambda: model.runtime.run(feeds)
-    figures: dict[str, float | str] = dict(_interleaved(stages, repeat))
+    figures: dict[str, float | str] = dict(interleaved_ms(stages, repeat))
     if kind == "reid" and pipeline.static_batch == 1:
         figures["runtime"] *= 2  # one call per crop
     figures["payload"] = PAYLOADS[kind]

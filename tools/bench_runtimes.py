@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 from tools.assets import asset_path
+from tools.bench import interleaved_ms
 from tools.demo import REPO, RUNNER_DIR, demo_manifest
 
 log = logging.getLogger("bench")
@@ -200,18 +201,12 @@ def measure(variant: Variant, registry: Path, cache: Path, repeat: int, loads: i
     for _ in range(3):  # warm-up
         for fn in stages.values():
             fn()
-    # Interleaved, so that the machine's ups and downs hit both alike.
-    times: dict[str, list[float]] = {name: [] for name in stages}
-    for _ in range(repeat):
-        for name, fn in stages.items():
-            started = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - started) * 1000)
+    medians = interleaved_ms(stages, repeat)
     result = worker.invoke(event)
     if result.status != 200:
         raise RuntimeError(f"{variant.name}: HTTP {result.status} {result.body[:300]!r}")
     answer = [f"{s['label']} {float(s['confidence']):.3f}" for s in result.json()]
-    handler, bare = statistics.median(times["handler"]), statistics.median(times["bare"])
+    handler, bare = medians["handler"], medians["bare"]
     return {"family": variant.family, "runtime": variant.runtime, "image": variant.image,
             "device": model.runtime.device, "handler_ms": handler, "bare_ms": bare, "ratio": handler / bare,
             "overhead_ms": handler - bare, "load_ms": statistics.median(starts),
