@@ -584,12 +584,9 @@ def test_the_cli_reports_bad_settings_and_a_broken_dashboard_without_a_traceback
 
 @pytest.fixture(scope="module")
 def private_key_pem() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from tests.drive_standin.keys import new_private_key_pem
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return new_private_key_pem()
 
 
 def _drive_registry(drive) -> None:

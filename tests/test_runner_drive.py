@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from common.errors import ModelConfigError, ModelNotFound, RegistryError
 from common.registry.drive_auth import drive_credentials
 from tests import synthetic_models as sm
+from tests.drive_standin.keys import new_private_key_pem, write_service_account_key
 from tests.test_runner_synthetic import PAD, detector_manifest, white
 from tools.demo import RUNNER_DIR
 from tools.nuclio_harness import Worker, http_event
@@ -34,12 +34,7 @@ def onnx_bytes() -> bytes:
 
 @pytest.fixture(scope="module")
 def private_key_pem() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return new_private_key_pem()
 
 
 def seed(drive, onnx: bytes, *, shared: bool = False) -> str:
@@ -56,14 +51,7 @@ def seed(drive, onnx: bytes, *, shared: bool = False) -> str:
 
 
 def key_file(tmp_path, drive, pem: str, mode: int = 0o600, name: str = "sa.json"):
-    path = tmp_path / name
-    path.write_text(json.dumps({
-        "type": "service_account", "project_id": "cvat-models", "private_key_id": "0123456789abcdef",
-        "private_key": pem, "client_email": SA_EMAIL, "client_id": "1234567890",
-        "token_uri": drive.root_url + "token",
-    }))
-    os.chmod(path, mode)
-    return path
+    return write_service_account_key(tmp_path / name, drive.root_url + "token", pem, SA_EMAIL, mode=mode)
 
 
 def worker(tmp_path, drive, registry="gdrive:CVAT_Models", *, url: str | None = None, **env) -> Worker:

@@ -48,9 +48,7 @@ status poll would add a second per write, 1000 s for the first run of 1000 model
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import statistics
 import tempfile
@@ -70,17 +68,10 @@ TITLES = {"first": "first", "unchanged": "unchanged", "changed": "one changed"}
 
 
 def _service_account_key(path: Path, token_uri: str) -> Path:
-    """A fresh RSA service-account key file (mode 0600) whose grants go to ``token_uri``."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    """A fresh service-account key file (mode 0600) whose grants go to ``token_uri``."""
+    from tests.drive_standin.keys import new_private_key_pem, write_service_account_key
 
-    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    path.write_text(json.dumps({"type": "service_account", "project_id": "bench", "private_key_id": "0" * 16,
-                                "private_key": pem, "client_email": SA_EMAIL, "client_id": "1",
-                                "token_uri": token_uri}))
-    os.chmod(path, 0o600)
-    return path
+    return write_service_account_key(path, token_uri, new_private_key_pem(), SA_EMAIL)
 
 
 def _seed(drive: Any, n: int) -> list[str]:
