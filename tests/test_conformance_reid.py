@@ -24,7 +24,7 @@ from tools.nuclio_harness import http_event
 
 
 def check_reid_answer(result, boxes0: list, boxes1: list) -> list[int]:
-    """The answer as CVAT reads it: a 200 JSON list (default encoder) of plain ints, one per
+    """The answer as CVAT reads it: a 200 compact JSON list of plain ints, one per
     box of ``boxes0``, each a valid index into ``boxes1`` or negative, no index twice."""
     assert (result.status, result.content_type) == (200, "application/json"), result.body[:200]
     answer = json.loads(result.body)
@@ -33,7 +33,7 @@ def check_reid_answer(result, boxes0: list, boxes1: list) -> list[int]:
     matched = [v for v in answer if v >= 0]
     assert all(v < len(boxes1) for v in matched), f"index out of range of boxes1 ({len(boxes1)}): {answer}"
     assert len(set(matched)) == len(matched), f"one box of the next frame matched twice: {answer}"
-    assert json.dumps(answer) == result.body.decode()  # nothing but the default encoder's output
+    assert json.dumps(answer, separators=(",", ":")) == result.body.decode()  # the runner's compact encoding, nothing else
     return answer
 
 
