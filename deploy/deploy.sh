@@ -39,15 +39,22 @@ key_problem() {
 }
 KEY_FILE="$(setting drive_key_file)"
 if [ -n "$KEY_FILE" ]; then
-    if [ ! -f "$KEY_FILE" ]; then
+    if [ -d "$KEY_FILE" ]; then
+        key_problem "DRIVE_KEY_FILE $KEY_FILE is a folder; give the service account's JSON key file"
+    elif [ ! -e "$KEY_FILE" ]; then
         key_problem "DRIVE_KEY_FILE $KEY_FILE does not exist"
+    elif [ ! -f "$KEY_FILE" ]; then
+        key_problem "DRIVE_KEY_FILE $KEY_FILE is not a regular file"
+    elif [ ! -r "$KEY_FILE" ]; then
+        key_problem "DRIVE_KEY_FILE $KEY_FILE cannot be read by $(id -un)"
     elif [ ! -s "$KEY_FILE" ]; then
         key_problem "DRIVE_KEY_FILE $KEY_FILE is empty"
     else
-        mode="$(stat -c '%a' "$KEY_FILE")"
+        # -L: a key reached through a symlink is judged by the file itself.
+        mode="$(stat -L -c '%a' "$KEY_FILE")"
         case "$mode" in
             [0-7]00) ;;
-            *) key_problem "DRIVE_KEY_FILE $KEY_FILE is readable by others (mode $mode): chmod 600 '$KEY_FILE'" ;;
+            *) key_problem "DRIVE_KEY_FILE $KEY_FILE is readable by others (mode $mode): chmod 600 $(printf %q "$KEY_FILE")" ;;
         esac
     fi
 fi

@@ -152,6 +152,9 @@ def load(env: Mapping[str, str], platform: str | None = None, *, gpu: bool = Fal
     cache_host = _get(env, "MODEL_CACHE_HOST_DIR", CACHE_MOUNT)
     if not cache_host.startswith("/"):
         bad.append(f"MODEL_CACHE_HOST_DIR must be an absolute path, got {cache_host!r}")
+    elif cache_host.rstrip("/") == "":
+        # The cache evicts what it does not know under its root; "/" would put the host in its hands.
+        bad.append("MODEL_CACHE_HOST_DIR must be a folder of its own, not '/' (e.g. /var/cache/cvat-models)")
     interval, schedule = _get(env, "SYNC_INTERVAL") or None, _get(env, "SYNC_SCHEDULE") or None
     if interval and schedule:
         bad.append("set SYNC_INTERVAL or SYNC_SCHEDULE, not both")

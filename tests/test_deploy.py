@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -282,6 +283,8 @@ def test_missing_settings_are_named_and_nothing_runs(site):
     ("MODEL_CACHE_SIZE=lots\n", "MODEL_CACHE_SIZE: "),
     ("MODEL_REGISTRY=local:/opt/registry\n", "missing setting REGISTRY_HOST_DIR"),
     ("REGISTRY_HOST_DIR=/srv/models\n", "REGISTRY_HOST_DIR is for a local: registry only"),
+    ("MODEL_CACHE_HOST_DIR=//\n", "MODEL_CACHE_HOST_DIR must be a folder of its own, not '/'"),
+    ("MODEL_CACHE_HOST_DIR=cache\n", "MODEL_CACHE_HOST_DIR must be an absolute path, got 'cache'"),
 ])
 def test_bad_settings_stop_the_deploy_before_any_call(site, extra, message):
     done = site.run("deploy.sh", extra=extra)
@@ -293,8 +296,19 @@ def test_a_key_others_can_read_is_refused(site):
     site.key.chmod(0o644)
     done = site.run("deploy.sh")
     assert done.returncode == 1
-    assert f"DRIVE_KEY_FILE {site.key} is readable by others (mode 644): chmod 600 '{site.key}'" in done.stderr
+    assert f"DRIVE_KEY_FILE {site.key} is readable by others (mode 644): chmod 600 {site.key}\n" in done.stderr
     assert calls(site.log) == []
+
+
+def test_a_key_behind_a_symlink_is_judged_by_the_file_and_a_folder_is_refused(site):
+    link = site.root / "key-link.json"
+    link.symlink_to(site.key)   # a link's own mode is 777; the key's is 600
+    done = site.run("deploy.sh", extra=f"DRIVE_KEY_FILE={link}\n")
+    assert done.returncode == 0, done.stderr
+    folder = site.key.parent
+    done = site.run("deploy.sh", extra=f"DRIVE_KEY_FILE={folder}\n")
+    assert done.returncode == 1
+    assert f"DRIVE_KEY_FILE {folder} is a folder; give the service account's JSON key file" in done.stderr
 
 
 def test_local_registry_is_mounted_read_only_into_registry_sync(site, tmp_path):
@@ -330,7 +344,7 @@ def test_remove_deletes_registry_sync_and_what_it_published_only(site):
     assert done.returncode == 0, done.stderr
     where = ("--platform", "local")
     assert [c.argv for c in calls(site.log)[before:]] == [
-        ("get", "function", "registry-sync", *where),
+        ("get", "function", *where, "-o", "json"),
         ("delete", "function", "registry-sync", *where),
         ("get", "function", *where, "-o", "json"),
         ("delete", "function", "gdrive-blazeface", *where),
@@ -340,7 +354,7 @@ def test_remove_deletes_registry_sync_and_what_it_published_only(site):
     ]
     assert sorted(site.dashboard.functions_json(None)) == ["onnx-wongkinyiu-yolov7"]
     assert sorted(site.dashboard.projects) == ["cvat", "default"]
-    assert f"sudo rm -rf '{site.root / 'cache'}'" in done.stderr
+    assert f"sudo rm -rf {site.root / 'cache'}\n" in done.stderr
     # A second removal finds nothing and still succeeds.
     again = site.run("remove.sh")
     assert again.returncode == 0 and "removed 0 published function(s)" in again.stderr
@@ -357,7 +371,7 @@ def test_remove_dry_run_lists_what_it_would_remove_and_deletes_nothing(site):
     where = ("--platform", "local")
     # Only nuctl's read-only queries run.
     assert [c.argv for c in calls(site.log)[before:]] == [
-        ("get", "function", "registry-sync", *where), ("get", "function", *where, "-o", "json"),
+        ("get", "function", *where, "-o", "json"), ("get", "function", *where, "-o", "json"),
         ("get", "project", "cvat-gdrive-pack", *where)]
     assert [line for line in done.stderr.splitlines() if line.startswith("+ ")] == [
         "+ nuctl delete function registry-sync --platform local",
@@ -385,6 +399,43 @@ def test_remove_dry_run_without_nuctl_says_it_cannot_know(site):
     assert ("== dry run: would remove registry-sync and every function labelled cvat-gdrive-pack/managed=true;\n"
             "   which ones cannot be known without asking nuctl") in done.stderr
     assert calls(site.log) == []
+
+
+def test_remove_stops_before_deleting_anything_when_nuctl_cannot_list(site):
+    assert site.run("deploy.sh").returncode == 0
+    _publish(site.dashboard, "gdrive-yolov8n", managed=True)
+    site.env["NUCTL_STANDIN_DASHBOARD"] = "http://127.0.0.1:9"   # nothing listens: the dashboard is down
+    done = site.run("remove.sh")
+    assert done.returncode == 1
+    assert "nuctl get function --platform local -o json failed:" in done.stderr
+    assert "error: cannot ask nuctl what is deployed, so nothing was removed" in done.stderr
+    assert "removed" not in done.stderr.replace("nothing was removed", "")
+    assert sorted(site.dashboard.functions_json(None)) == ["gdrive-yolov8n", "registry-sync"]
+    # A dry run says it cannot know, and still succeeds.
+    dry = site.run("remove.sh", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "note: nuctl cannot list the functions, so this dry run cannot say which are deployed" in dry.stderr
+    assert "+ nuctl delete function registry-sync --platform local   (when deployed)" in dry.stderr
+
+
+def test_remove_quotes_the_cache_path_in_its_hint(site):
+    odd = site.root / "model cache's"
+    done = site.run("remove.sh", "--dry-run", extra=f"MODEL_CACHE_HOST_DIR=\"{odd}\"\n")
+    assert done.returncode == 0, done.stderr
+    hint = next(line for line in done.stderr.splitlines() if "sudo rm -rf" in line)
+    assert shlex.split(hint) == ["sudo", "rm", "-rf", str(odd)]
+
+
+def test_remove_refuses_a_listing_that_is_not_json(site, tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "nuctl").write_text("#!/bin/sh\necho 'functions: none of them'\n")
+    (shim / "nuctl").chmod(0o755)
+    site.env["PATH"] = f"{shim}:{site.env['PATH']}"
+    done = site.run("remove.sh")
+    assert done.returncode == 1
+    assert "nuctl get function -o json answered what is not JSON: 'functions: none of them'" in done.stderr
+    assert "error: cannot ask nuctl what is deployed, so nothing was removed" in done.stderr
 
 
 def test_remove_with_one_published_function_reads_nuctls_single_object(site):
