@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 # One demo model per CVAT kind (a classifier is a detector-kind model too), by kind.
 MODELS = {"detector": "blazeface-face-detector-tflite", "classification": "page-orientation-classifier",
@@ -67,3 +69,13 @@ def test_a_failing_model_shows_its_error_and_the_run_exits_non_zero(tmp_path):
 def test_unknown_models_are_refused():
     done = bench("--models-only", "--models", "no-such-model")
     assert done.returncode == 2 and "--models: no demo model no-such-model" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--models", ",,"), "argument --models: names no model"),
+    (("--repeat", "0"), "argument --repeat: must be 1 or more, got 0"),
+    (("--drive-repeat", "-2"), "argument --drive-repeat: must be 1 or more, got -2"),
+])
+def test_arguments_that_measure_nothing_are_refused(args, message):
+    done = bench("--models-only", *args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -236,18 +236,34 @@ def _measure_other(worker, kind: str, jpeg: bytes, repeat: int) -> dict[str, flo
     return figures
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _model_names(text: str) -> frozenset[str]:
+    names = frozenset(filter(None, (name.strip() for name in text.split(","))))
+    if not names:
+        raise argparse.ArgumentTypeError("names no model; give demo model folders, e.g. --models yolov8n,blazeface")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=OUT, help="the per-model registry and cache go here")
+    parser.add_argument("--repeat", type=_positive, default=30, help="timed calls per figure")
+    # Absolute, since child processes are handed it and may run elsewhere.
+    parser.add_argument("--out", type=lambda text: Path(text).resolve(), default=OUT,
+                        help="the per-model registry and cache go here")
     parser.add_argument("--model", help="measure this model only and print its figures as JSON (internal)")
     parser.add_argument("--models-only", action="store_true", help="only the per-model latency tables")
-    parser.add_argument("--models", type=lambda text: frozenset(filter(None, text.split(","))),
+    parser.add_argument("--models", type=_model_names,
                         help="comma-separated demo models of the per-model parts (default: all)")
     drive = parser.add_mutually_exclusive_group()
     drive.add_argument("--drive-only", action="store_true", help="only the Drive registry's figures")
     drive.add_argument("--no-drive", action="store_true", help="skip the Drive registry's figures")
-    parser.add_argument("--drive-repeat", type=int, default=3, help="runs of each 1 GiB download kind")
+    parser.add_argument("--drive-repeat", type=_positive, default=3, help="runs of each 1 GiB download kind")
     sync = parser.add_mutually_exclusive_group()
     sync.add_argument("--sync-only", action="store_true", help="only the registry-sync figures")
     sync.add_argument("--no-sync", action="store_true", help="skip the registry-sync figures")
