@@ -42,7 +42,10 @@ if [ -n "$KEY_FILE" ]; then
     if [ -d "$KEY_FILE" ]; then
         key_problem "DRIVE_KEY_FILE $KEY_FILE is a folder; give the service account's JSON key file"
     elif [ ! -e "$KEY_FILE" ]; then
-        key_problem "DRIVE_KEY_FILE $KEY_FILE does not exist"
+        case "$(setting registry)" in
+            local:*) key_problem "DRIVE_KEY_FILE $KEY_FILE does not exist (a local: registry needs no key: leave DRIVE_KEY_FILE empty)" ;;
+            *) key_problem "DRIVE_KEY_FILE $KEY_FILE does not exist" ;;
+        esac
     elif [ ! -f "$KEY_FILE" ]; then
         key_problem "DRIVE_KEY_FILE $KEY_FILE is not a regular file"
     elif [ ! -r "$KEY_FILE" ]; then
@@ -52,10 +55,9 @@ if [ -n "$KEY_FILE" ]; then
     else
         # -L: a key reached through a symlink is judged by the file itself.
         mode="$(stat -L -c '%a' "$KEY_FILE")"
-        case "$mode" in
-            [0-7]00) ;;
-            *) key_problem "DRIVE_KEY_FILE $KEY_FILE is readable by others (mode $mode): chmod 600 $(printf %q "$KEY_FILE")" ;;
-        esac
+        if (( 8#$mode & 8#044 )); then   # the group's or others' read bit
+            key_problem "DRIVE_KEY_FILE $KEY_FILE is readable by others (mode $mode): chmod 600 $(printf %q "$KEY_FILE")"
+        fi
     fi
 fi
 

@@ -28,7 +28,10 @@ parse_common() {
         shift
     done
     # Absolute, then work from the repository root (python -m tools.stage, deploy.pack_config).
-    SETTINGS="$(cd "$(dirname "$SETTINGS")" && pwd)/$(basename "$SETTINGS")"
+    local dir
+    dir="$(cd "$(dirname "$SETTINGS")" 2>/dev/null && pwd)" \
+        || die "no settings file $SETTINGS (no folder $(dirname "$SETTINGS")): cp deploy/settings.env.example deploy/settings.env and edit it"
+    SETTINGS="$dir/$(basename "$SETTINGS")"
     cd "$REPO" || exit 1
 }
 
@@ -56,6 +59,7 @@ setting() {
 }
 
 # Runs a command, or prints it (shell-quoted) with --dry-run. Commands carry paths, never secrets.
+# A failure stops the script naming the command, then RUN_FAILED_HINT when the caller set one.
 run() {
     local arg line="+"
     for arg in "$@"; do
@@ -67,7 +71,9 @@ run() {
     done
     say "$line"
     if [ "$DRY_RUN" = 0 ]; then
-        "$@"
+        local rc=0
+        "$@" || rc=$?
+        [ "$rc" = 0 ] || die "$1 ${2:-} ${3:-} failed (exit status $rc)${RUN_FAILED_HINT:+; $RUN_FAILED_HINT}"
     fi
 }
 

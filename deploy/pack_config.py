@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import posixpath
 import re
 import sys
 from dataclasses import dataclass
@@ -152,7 +153,7 @@ def load(env: Mapping[str, str], platform: str | None = None, *, gpu: bool = Fal
     cache_host = _get(env, "MODEL_CACHE_HOST_DIR", CACHE_MOUNT)
     if not cache_host.startswith("/"):
         bad.append(f"MODEL_CACHE_HOST_DIR must be an absolute path, got {cache_host!r}")
-    elif cache_host.rstrip("/") == "":
+    elif posixpath.normpath(cache_host) in ("/", "//"):
         # The cache evicts what it does not know under its root; "/" would put the host in its hands.
         bad.append("MODEL_CACHE_HOST_DIR must be a folder of its own, not '/' (e.g. /var/cache/cvat-models)")
     interval, schedule = _get(env, "SYNC_INTERVAL") or None, _get(env, "SYNC_SCHEDULE") or None
@@ -172,7 +173,7 @@ def load(env: Mapping[str, str], platform: str | None = None, *, gpu: bool = Fal
         missing.append("IMAGE_REGISTRY (a registry every node can pull from; nuctl pushes the images there)")
     if missing or bad:
         lines = ([f"missing setting {m}" for m in missing] + bad)
-        raise SettingsError("deploy/settings.env: " + "; ".join(lines))
+        raise SettingsError("; ".join(lines))
     return DeploySettings(
         platform=platform, gpu=gpu, registry=registry, drive_key_file=key, registry_host_dir=registry_host,
         namespace=namespace, dashboard_url=dashboard.rstrip("/"),
@@ -337,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.what == "node-prep":
             _dump(node_prep(settings), args.out)
     except SettingsError as exc:
-        sys.stderr.write(f"{exc}\n")
+        # The caller names the settings file it read; the variables are named here.
+        sys.stderr.write(f"settings: {str(exc).removeprefix('environment: ')}\n")
         return 1
     if args.what == "images":
         sys.stdout.write("".join(f"{variant} {image}\n" for variant, image in images(settings)))

@@ -19,6 +19,7 @@ PURPOSE=remove
 load_settings remove
 nuctl_where
 require_tool nuctl "install the nuctl matching CVAT's Nuclio dashboard"
+[ "$PLATFORM" = kube ] && require_tool kubectl "needed on Kubernetes for the key Secret and the node DaemonSet"
 
 # A dry run still asks nuctl what is deployed (read-only `nuctl get` calls), so that it can
 # list what it would remove; without nuctl it says what it cannot know.
@@ -40,43 +41,39 @@ deployed() {
     fi
 }
 
-# functions all|managed: the names in nuctl's JSON listing (one object when exactly one
-# function exists, a list otherwise), every one or only those the pack published. Fails,
-# saying why, when nuctl cannot list or answers something that is not a listing.
-functions() {
-    local listing err
-    # nuctl's own words, for when it cannot list
+# ask_nuctl: nuctl's JSON listing of every function, on stdout; when nuctl fails, says
+# nuctl's own words and fails.
+ask_nuctl() {
+    local err listing
     err="$(mktemp)"
-    if ! listing="$(nuctl get function "${WHERE[@]}" -o json 2>"$err")"; then
-        say "nuctl get function ${WHERE[*]} -o json failed: $(head -c 400 "$err")"
+    if listing="$(nuctl get function "${WHERE[@]}" -o json 2>"$err")"; then
         rm -f "$err"
-        return 1
+        printf '%s' "$listing"
+        return 0
     fi
+    say "nuctl get function ${WHERE[*]} -o json failed: $(head -c 400 "$err")"
     rm -f "$err"
-    printf '%s' "$listing" | "$PY" -c '
-import json, sys
-text = sys.stdin.read().strip()
-try:
-    data = json.loads(text) if text else []
-except ValueError:
-    sys.exit(f"nuctl get function -o json answered what is not JSON: {text[:200]!r}")
-for fn in data if isinstance(data, list) else [data]:
-    meta = fn.get("metadata", {}) if isinstance(fn, dict) else {}
-    if sys.argv[1] == "all" or meta.get("labels", {}).get("cvat-gdrive-pack/managed") == "true":
-        print(meta.get("name", ""))
-' "$1"
+    return 1
 }
 
-# Ask first, before deleting anything: a dashboard nuctl cannot reach stops a real run here.
+# listed all|managed LISTING: the names in a listing (deploy/nuctl_listing.py); fails,
+# saying why, on what is not a listing.
+listed() {
+    printf '%s' "$2" | "$PY" -m deploy.nuctl_listing "$1"
+}
+
+# Ask first, before deleting anything: a dashboard nuctl cannot reach, or a listing this
+# script does not understand, stops a real run here.
 ALL=()
+LISTING=""
 if [ "$ASK" = 1 ]; then
-    if names="$(functions all)"; then
-        mapfile -t ALL <<<"$names"
+    if LISTING="$(ask_nuctl)" && names="$(listed all "$LISTING")"; then
+        mapfile -t ALL < <(printf '%s' "$names")
     elif [ "$DRY_RUN" = 0 ]; then
-        die "cannot ask nuctl what is deployed, so nothing was removed; check that nuctl reaches the Nuclio dashboard (NUCTL_* settings, --platform)"
+        die "cannot tell what is deployed, so nothing was removed; check that \`nuctl get function ${WHERE[*]}\` works here"
     else
         ASK=0
-        say "note: nuctl cannot list the functions, so this dry run cannot say which are deployed"
+        say "note: nuctl's listing cannot be read, so this dry run cannot say which functions are deployed"
     fi
 fi
 
@@ -87,17 +84,21 @@ if [ "$ASK" = 1 ]; then
         if [ "$name" = registry-sync ]; then SYNC=yes; fi
     done
 fi
+RUN_FAILED_HINT="what was removed stays removed; run deploy/remove.sh again for the rest"
 case "$SYNC" in
     yes) run nuctl delete function registry-sync "${WHERE[@]}" ;;
     unknown) say "+ nuctl delete function registry-sync ${WHERE[*]}   (when deployed)" ;;
 esac
 
-# The published functions, listed again once registry-sync is gone (it may have published
-# one meanwhile).
+# The published functions: a real run lists again once registry-sync is gone (it may have
+# published one meanwhile); a dry run reads the first listing.
 published=()
 if [ "$ASK" = 1 ]; then
-    names="$(functions managed)" || die "cannot list the published functions; registry-sync is removed, run deploy/remove.sh again"
-    mapfile -t published < <(printf '%s' "$names" | grep -v '^$' || true)
+    if [ "$DRY_RUN" = 0 ]; then
+        LISTING="$(ask_nuctl)" || die "cannot list the published functions; $RUN_FAILED_HINT"
+    fi
+    names="$(listed managed "$LISTING")" || die "cannot read the published functions; $RUN_FAILED_HINT"
+    mapfile -t published < <(printf '%s' "$names")
 else
     say "+ nuctl get function ${WHERE[*]} -o json   (then delete each with label cvat-gdrive-pack/managed=true)"
 fi
@@ -106,7 +107,8 @@ for name in "${published[@]}"; do
 done
 
 PACK_PROJECT="$(setting pack_project)"
-case "$(deployed project "$PACK_PROJECT")" in
+PROJECT="$(deployed project "$PACK_PROJECT")"
+case "$PROJECT" in
     yes) run nuctl delete project "$PACK_PROJECT" "${WHERE[@]}" ;;
     unknown) say "+ nuctl delete project $PACK_PROJECT ${WHERE[*]}   (when it exists)" ;;
 esac
@@ -118,13 +120,15 @@ fi
 
 sync_note="registry-sync"
 [ "$SYNC" = no ] && sync_note="registry-sync (not deployed: nothing to remove)"
+project_note="project $PACK_PROJECT"
+[ "$PROJECT" = no ] && project_note="project $PACK_PROJECT (not found: nothing to remove)"
 if [ "$DRY_RUN" = 0 ]; then
-    say "== removed ${#published[@]} published function(s) and $sync_note."
+    say "== removed ${#published[@]} published function(s), $sync_note and $project_note."
 elif [ "$ASK" = 1 ]; then
     if [ "${#published[@]}" -gt 0 ]; then
-        say "== dry run: would remove ${#published[@]} published function(s) (${published[*]}) and $sync_note."
+        say "== dry run: would remove ${#published[@]} published function(s) (${published[*]}), $sync_note and $project_note."
     else
-        say "== dry run: would remove 0 published function(s) and $sync_note."
+        say "== dry run: would remove 0 published function(s), $sync_note and $project_note."
     fi
 else
     say "== dry run: would remove registry-sync and every function labelled cvat-gdrive-pack/managed=true;"
@@ -132,4 +136,4 @@ else
 fi
 say "The model cache stays in $(setting cache_host_dir) (on every node on Kubernetes); remove it with:"
 say "   sudo rm -rf $(printf %q "$(setting cache_host_dir)")"
-say "The runner images stay; list them with: docker image ls 'cvat.gdrive-runner.*'"
+say "The images stay; list them with: docker image ls --filter reference='cvat.gdrive-runner.*' --filter reference='cvat.registry-sync'"

@@ -266,9 +266,10 @@ def test_missing_settings_are_named_and_nothing_runs(site):
     site.settings.write_text(text)
     done = site.run("deploy.sh", "--platform", "kube")
     assert done.returncode == 1
-    assert ("deploy/settings.env: missing setting MODEL_REGISTRY (gdrive:<folder name>, gdrive-id:<folder id> or "
+    assert ("settings: missing setting MODEL_REGISTRY (gdrive:<folder name>, gdrive-id:<folder id> or "
             "local:<path>); missing setting NUCLIO_NAMESPACE (on Kubernetes: the namespace of CVAT's Helm release); "
             "missing setting IMAGE_REGISTRY") in done.stderr
+    assert f"error: fix the settings above in {site.settings}" in done.stderr
     assert calls(site.log) == []
     site.settings.unlink()
     done = site.run("deploy.sh")
@@ -284,6 +285,8 @@ def test_missing_settings_are_named_and_nothing_runs(site):
     ("MODEL_REGISTRY=local:/opt/registry\n", "missing setting REGISTRY_HOST_DIR"),
     ("REGISTRY_HOST_DIR=/srv/models\n", "REGISTRY_HOST_DIR is for a local: registry only"),
     ("MODEL_CACHE_HOST_DIR=//\n", "MODEL_CACHE_HOST_DIR must be a folder of its own, not '/'"),
+    ("MODEL_CACHE_HOST_DIR=/srv/..\n", "MODEL_CACHE_HOST_DIR must be a folder of its own, not '/'"),
+    ("MODEL_CACHE_HOST_DIR=/./\n", "MODEL_CACHE_HOST_DIR must be a folder of its own, not '/'"),
     ("MODEL_CACHE_HOST_DIR=cache\n", "MODEL_CACHE_HOST_DIR must be an absolute path, got 'cache'"),
 ])
 def test_bad_settings_stop_the_deploy_before_any_call(site, extra, message):
@@ -298,6 +301,15 @@ def test_a_key_others_can_read_is_refused(site):
     assert done.returncode == 1
     assert f"DRIVE_KEY_FILE {site.key} is readable by others (mode 644): chmod 600 {site.key}\n" in done.stderr
     assert calls(site.log) == []
+
+
+@pytest.mark.parametrize("mode, refused", [(0o600, False), (0o400, False), (0o4600, False), (0o620, False),
+                                           (0o640, True), (0o604, True), (0o444, True)])
+def test_a_key_is_refused_only_when_others_can_read_it(site, mode, refused):
+    site.key.chmod(mode)
+    done = site.run("deploy.sh", "--dry-run")
+    assert done.returncode == 0, done.stderr   # a dry run warns and goes on
+    assert ("is readable by others" in done.stderr) is refused, done.stderr
 
 
 def test_a_key_behind_a_symlink_is_judged_by_the_file_and_a_folder_is_refused(site):
@@ -324,13 +336,14 @@ def test_local_registry_is_mounted_read_only_into_registry_sync(site, tmp_path):
     assert "GOOGLE_DRIVE_SERVICE_ACCOUNT_KEY" not in env and "PUBLISH_CREDENTIALS_HOST_PATH" not in env
 
 
-def _publish(dashboard, name: str, managed: bool) -> None:
-    labels = {"cvat-gdrive-pack/managed": "true"} if managed else {}
+def _publish(dashboard, name: str, managed: bool, project: str = "cvat", labels: dict | None = None) -> None:
+    if labels is None:
+        labels = {"cvat-gdrive-pack/managed": "true", "cvat-gdrive-pack/model": name} if managed else {}
     body = {"metadata": {"name": name, "labels": labels, "annotations": {"name": name, "type": "detector",
                                                                           "spec": "[]"}},
             "spec": {"description": "x", "runtime": "python:3.11", "handler": "main:handler",
                      "triggers": {"http": {"kind": "http", "numWorkers": 1}}}}
-    status, _ = call(dashboard.url, "POST", "/api/functions", body, {"x-nuclio-project-name": "cvat"})
+    status, _ = call(dashboard.url, "POST", "/api/functions", body, {"x-nuclio-project-name": project})
     assert status == 202
 
 
@@ -339,6 +352,11 @@ def test_remove_deletes_registry_sync_and_what_it_published_only(site):
     _publish(site.dashboard, "gdrive-yolov8n", managed=True)
     _publish(site.dashboard, "gdrive-blazeface", managed=True)
     _publish(site.dashboard, "onnx-wongkinyiu-yolov7", managed=False)   # CVAT's own model: stays
+    # A hand-made copy of the managed label alone, and a published-looking function in another
+    # project: neither is the pack's (as registry-sync's own reconcile decides), both stay.
+    _publish(site.dashboard, "hand-made", managed=False, labels={"cvat-gdrive-pack/managed": "true"})
+    site.dashboard.add_project("other")
+    _publish(site.dashboard, "copy-in-other", managed=True, project="other")
     before = len(calls(site.log))
     done = site.run("remove.sh")
     assert done.returncode == 0, done.stderr
@@ -352,12 +370,15 @@ def test_remove_deletes_registry_sync_and_what_it_published_only(site):
         ("get", "project", "cvat-gdrive-pack", *where),
         ("delete", "project", "cvat-gdrive-pack", *where),
     ]
-    assert sorted(site.dashboard.functions_json(None)) == ["onnx-wongkinyiu-yolov7"]
-    assert sorted(site.dashboard.projects) == ["cvat", "default"]
+    assert sorted(site.dashboard.functions_json(None)) == ["copy-in-other", "hand-made", "onnx-wongkinyiu-yolov7"]
+    assert sorted(site.dashboard.projects) == ["cvat", "default", "other"]
+    assert "== removed 2 published function(s), registry-sync and project cvat-gdrive-pack.\n" in done.stderr
     assert f"sudo rm -rf {site.root / 'cache'}\n" in done.stderr
     # A second removal finds nothing and still succeeds.
     again = site.run("remove.sh")
-    assert again.returncode == 0 and "removed 0 published function(s)" in again.stderr
+    assert again.returncode == 0, again.stderr
+    assert ("== removed 0 published function(s), registry-sync (not deployed: nothing to remove) and project "
+            "cvat-gdrive-pack (not found: nothing to remove).") in again.stderr
 
 
 def test_remove_dry_run_lists_what_it_would_remove_and_deletes_nothing(site):
@@ -371,15 +392,14 @@ def test_remove_dry_run_lists_what_it_would_remove_and_deletes_nothing(site):
     where = ("--platform", "local")
     # Only nuctl's read-only queries run.
     assert [c.argv for c in calls(site.log)[before:]] == [
-        ("get", "function", *where, "-o", "json"), ("get", "function", *where, "-o", "json"),
-        ("get", "project", "cvat-gdrive-pack", *where)]
+        ("get", "function", *where, "-o", "json"), ("get", "project", "cvat-gdrive-pack", *where)]
     assert [line for line in done.stderr.splitlines() if line.startswith("+ ")] == [
         "+ nuctl delete function registry-sync --platform local",
         "+ nuctl delete function gdrive-blazeface --platform local",
         "+ nuctl delete function gdrive-yolov8n --platform local",
         "+ nuctl delete project cvat-gdrive-pack --platform local"]
-    assert ("== dry run: would remove 2 published function(s) (gdrive-blazeface gdrive-yolov8n) and "
-            "registry-sync.") in done.stderr
+    assert ("== dry run: would remove 2 published function(s) (gdrive-blazeface gdrive-yolov8n), "
+            "registry-sync and project cvat-gdrive-pack.") in done.stderr
     assert "removed" not in done.stderr.replace("would remove", "")
     assert sorted(site.dashboard.functions_json(None)) == ["gdrive-blazeface", "gdrive-yolov8n",
                                                            "onnx-wongkinyiu-yolov7", "registry-sync"]
@@ -408,13 +428,13 @@ def test_remove_stops_before_deleting_anything_when_nuctl_cannot_list(site):
     done = site.run("remove.sh")
     assert done.returncode == 1
     assert "nuctl get function --platform local -o json failed:" in done.stderr
-    assert "error: cannot ask nuctl what is deployed, so nothing was removed" in done.stderr
+    assert "error: cannot tell what is deployed, so nothing was removed" in done.stderr
     assert "removed" not in done.stderr.replace("nothing was removed", "")
     assert sorted(site.dashboard.functions_json(None)) == ["gdrive-yolov8n", "registry-sync"]
     # A dry run says it cannot know, and still succeeds.
     dry = site.run("remove.sh", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "note: nuctl cannot list the functions, so this dry run cannot say which are deployed" in dry.stderr
+    assert "note: nuctl's listing cannot be read, so this dry run cannot say which functions are deployed" in dry.stderr
     assert "+ nuctl delete function registry-sync --platform local   (when deployed)" in dry.stderr
 
 
@@ -426,16 +446,82 @@ def test_remove_quotes_the_cache_path_in_its_hint(site):
     assert shlex.split(hint) == ["sudo", "rm", "-rf", str(odd)]
 
 
-def test_remove_refuses_a_listing_that_is_not_json(site, tmp_path):
-    shim = tmp_path / "shim"
+def _shim_nuctl(site, tmp_path, listing: str, delete_status: int = 0) -> Path:
+    """A nuctl first on PATH that lists ``listing``, knows no project and logs each delete
+    (which exits ``delete_status``)."""
+    shim, deletes = tmp_path / "shim", tmp_path / "deletes.log"
     shim.mkdir()
-    (shim / "nuctl").write_text("#!/bin/sh\necho 'functions: none of them'\n")
+    (shim / "nuctl").write_text(
+        "#!/bin/sh\n"
+        f'case "$1 $2" in\n'
+        f'  "get function") cat {shlex.quote(str(tmp_path / "listing"))} ;;\n'
+        f'  "get project") echo "project not found" >&2; exit 1 ;;\n'
+        f'  delete*) echo "$*" >> {shlex.quote(str(deletes))}; exit {delete_status} ;;\n'
+        "esac\n")
     (shim / "nuctl").chmod(0o755)
+    (tmp_path / "listing").write_text(listing)
     site.env["PATH"] = f"{shim}:{site.env['PATH']}"
+    return deletes
+
+
+def test_remove_refuses_a_listing_it_does_not_understand(site, tmp_path):
+    deletes = _shim_nuctl(site, tmp_path, "functions: none of them\n")
     done = site.run("remove.sh")
     assert done.returncode == 1
     assert "nuctl get function -o json answered what is not JSON: 'functions: none of them'" in done.stderr
-    assert "error: cannot ask nuctl what is deployed, so nothing was removed" in done.stderr
+    assert "error: cannot tell what is deployed, so nothing was removed" in done.stderr
+    assert not deletes.exists()
+
+
+def test_remove_reads_nuctls_other_listing_forms(site, tmp_path):
+    # Some nuctl versions print one object after another, and "No functions found" for none.
+    fn = lambda name: {"metadata": {"name": name, "labels": {  # noqa: E731
+        "cvat-gdrive-pack/managed": "true", "cvat-gdrive-pack/model": name}}}
+    deletes = _shim_nuctl(site, tmp_path, "".join(json.dumps(fn(n), indent=2) + "\n"
+                                                   for n in ("registry-sync", "gdrive-a", "gdrive-b")))
+    done = site.run("remove.sh")
+    assert done.returncode == 0, done.stderr
+    assert deletes.read_text().splitlines() == [
+        "delete function registry-sync --platform local", "delete function gdrive-a --platform local",
+        "delete function gdrive-b --platform local"]
+    (tmp_path / "listing").write_text("No functions found\n")
+    again = site.run("remove.sh")
+    assert again.returncode == 0, again.stderr
+    assert "== removed 0 published function(s), registry-sync (not deployed: nothing to remove)" in again.stderr
+    assert len(deletes.read_text().splitlines()) == 3
+
+
+def test_a_failed_delete_stops_the_removal_saying_what_failed(site, tmp_path):
+    fn = {"metadata": {"name": "registry-sync", "labels": {}}}
+    deletes = _shim_nuctl(site, tmp_path, json.dumps([fn]), delete_status=3)
+    done = site.run("remove.sh")
+    assert done.returncode == 1
+    assert ("error: nuctl delete function failed (exit status 3); what was removed stays removed; "
+            "run deploy/remove.sh again for the rest") in done.stderr
+    assert deletes.read_text().splitlines() == ["delete function registry-sync --platform local"]
+
+
+def test_remove_on_kubernetes_needs_kubectl_before_it_starts(site, tmp_path):
+    # The system's tools without kubectl (this machine may have one), and the nuctl stand-in.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for folder in ("/bin", "/usr/bin"):
+        for tool in Path(folder).iterdir():
+            if tool.name != "kubectl" and not (bare / tool.name).exists():
+                (bare / tool.name).symlink_to(tool)
+    (bare / "nuctl").symlink_to(Path(site.env["PATH"].split(":")[0]) / "nuctl")
+    site.env["PATH"] = str(bare)
+    done = site.run("remove.sh", "--platform", "kube", extra="NUCLIO_NAMESPACE=cvat\n")
+    assert done.returncode == 1
+    assert "error: kubectl is not on PATH: needed on Kubernetes" in done.stderr
+    assert calls(site.log) == []
+
+
+def test_a_settings_file_in_a_missing_folder_is_named(site, tmp_path):
+    done = subprocess.run([str(REPO / "deploy" / "deploy.sh"), "--settings", str(tmp_path / "nope" / "s.env")],
+                          env=site.env, capture_output=True, text=True, cwd=site.root)
+    assert done.returncode == 1
+    assert f"error: no settings file {tmp_path / 'nope' / 's.env'} (no folder {tmp_path / 'nope'})" in done.stderr
 
 
 def test_remove_with_one_published_function_reads_nuctls_single_object(site):
