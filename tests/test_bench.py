@@ -75,6 +75,7 @@ def test_unknown_models_are_refused():
     (("--models", ",,"), "argument --models: names no model"),
     (("--repeat", "0"), "argument --repeat: must be 1 or more, got 0"),
     (("--drive-repeat", "-2"), "argument --drive-repeat: must be 1 or more, got -2"),
+    (("--out", ""), "argument --out: needs a folder"),
 ])
 def test_arguments_that_measure_nothing_are_refused(args, message):
     done = bench("--models-only", *args)

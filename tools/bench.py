@@ -246,15 +246,22 @@ def _positive(text: str) -> int:
 def _model_names(text: str) -> frozenset[str]:
     names = frozenset(filter(None, (name.strip() for name in text.split(","))))
     if not names:
-        raise argparse.ArgumentTypeError("names no model; give demo model folders, e.g. --models yolov8n,blazeface")
+        raise argparse.ArgumentTypeError("names no model; give demo model folders, "
+                                         "e.g. --models blazeface-face-detector,mobilenet-reid")
     return names
+
+
+def _out_dir(text: str) -> Path:
+    # Absolute, since child processes are handed it.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a folder")
+    return Path(text).expanduser().resolve()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=_positive, default=30, help="timed calls per figure")
-    # Absolute, since child processes are handed it and may run elsewhere.
-    parser.add_argument("--out", type=lambda text: Path(text).resolve(), default=OUT,
+    parser.add_argument("--out", type=_out_dir, default=OUT,
                         help="the per-model registry and cache go here")
     parser.add_argument("--model", help="measure this model only and print its figures as JSON (internal)")
     parser.add_argument("--models-only", action="store_true", help="only the per-model latency tables")
