@@ -257,7 +257,7 @@ def run_interactor(worker, model: str, out: Path) -> tuple[list[tuple], int]:
             canvas.rectangle([v for p in prompt["obj_bbox"] for v in p], outline="#ffe119", width=3)
         Image.alpha_composite(image, overlay).convert("RGB").save(out / f"{Path(name).stem}-{stem}.png")
         confidence = ", ".join(a["value"] for s in answer["shapes"] for a in s["attributes"])
-        rows.append((model, f"{name} {stem}"[:18], len(answer["shapes"]), f"mask, confidence {confidence}", ms))
+        rows.append((model, f"{name} {stem}", len(answer["shapes"]), f"mask, confidence {confidence}", ms))
     return rows, failures
 
 
@@ -363,10 +363,11 @@ def main() -> int:
                  skeleton_edges(worker.context.user_data.model.record.manifest.labels))
             kinds = sorted({s["label"] for s in shapes})
             rows.append((model_dir.name, name, len(shapes), ", ".join(kinds)[:40], statistics.median(timings)))
-    header = f"{'model':<34} {'image':<18} {'shapes':>6}  {'labels':<40} {'latency ms':>10}"
+    wide = max([len("image"), *(len(row[1]) for row in rows)])
+    header = f"{'model':<34} {'image':<{wide}} {'shapes':>6}  {'labels':<40} {'latency ms':>10}"
     log.info("\n%s\n%s", header, "-" * len(header))
     for model, image, count, kinds, ms in rows:
-        log.info("%-34s %-18s %6d  %-40s %10.1f", model, image, count, kinds, ms)
+        log.info("%-34s %-*s %6d  %-40s %10.1f", model, wide, image, count, kinds, ms)
     log.info("\nCVAT JSON and annotated pictures: %s", output)
     return 1 if failures else 0
 
