@@ -73,7 +73,7 @@ run() {
     if [ "$DRY_RUN" = 0 ]; then
         local rc=0
         "$@" || rc=$?
-        [ "$rc" = 0 ] || die "$1 ${2:-} ${3:-} failed (exit status $rc)${RUN_FAILED_HINT:+; $RUN_FAILED_HINT}"
+        [ "$rc" = 0 ] || die "${line#+ } failed (exit status $rc)${RUN_FAILED_HINT:+; $RUN_FAILED_HINT}"
     fi
 }
 

@@ -138,7 +138,7 @@ def load(env: Mapping[str, str], platform: str | None = None, *, gpu: bool = Fal
     namespace = _get(env, "NUCLIO_NAMESPACE", "" if kube else "nuclio")
     if not namespace:
         missing.append("NUCLIO_NAMESPACE (on Kubernetes: the namespace of CVAT's Helm release)")
-    elif not NAME_RE.match(namespace):
+    elif not NAME_RE.fullmatch(namespace):
         bad.append(f"NUCLIO_NAMESPACE must be a lowercase DNS label, got {namespace!r}")
     release = _get(env, "CVAT_RELEASE", "cvat")
     default_dashboard = (f"http://{release}-nuclio-dashboard.{namespace}.svc.cluster.local:8070" if kube
@@ -147,7 +147,7 @@ def load(env: Mapping[str, str], platform: str | None = None, *, gpu: bool = Fal
     if not dashboard.startswith(("http://", "https://")):
         bad.append(f"NUCLIO_DASHBOARD_URL must be an http(s) URL, got {dashboard!r}")
     project = _get(env, "PACK_PROJECT", "cvat-gdrive-pack")
-    if project == CVAT_PROJECT or not NAME_RE.match(project):
+    if project == CVAT_PROJECT or not NAME_RE.fullmatch(project):
         bad.append(f"PACK_PROJECT must be a lowercase DNS label other than {CVAT_PROJECT!r} (CVAT lists every "
                    f"function of that project and would log registry-sync as having no type), got {project!r}")
     cache_host = _get(env, "MODEL_CACHE_HOST_DIR", CACHE_MOUNT)

@@ -29,16 +29,25 @@ if [ "$DRY_RUN" = 1 ] && ! command -v nuctl >/dev/null 2>&1; then
     say "note: nuctl is not on PATH, so this dry run cannot ask what is deployed"
 fi
 
-# deployed NAME...: yes, no, or unknown (not asked) for `nuctl get NAME...`; only asked once
-# the listing below has shown that nuctl reaches the dashboard, so a failure means "not found".
-deployed() {
+# project_exists NAME: yes, no, or unknown (not asked). Only nuctl's not-found answer
+# means no; any other failure (the dashboard gone meanwhile) stops with nuctl's words.
+project_exists() {
+    local err
     if [ "$ASK" = 0 ]; then
         echo unknown
-    elif nuctl get "$@" "${WHERE[@]}" >/dev/null 2>&1; then
-        echo yes
-    else
-        echo no
+        return 0
     fi
+    err="$(mktemp)"
+    if nuctl get project "$1" "${WHERE[@]}" >/dev/null 2>"$err"; then
+        echo yes
+    elif grep -qiE "not found|no projects found" "$err"; then
+        echo no
+    else
+        say "nuctl get project $1 ${WHERE[*]} failed: $(head -c 400 "$err")"
+        rm -f "$err"
+        return 1
+    fi
+    rm -f "$err"
 }
 
 # ask_nuctl: nuctl's JSON listing of every function, on stdout; when nuctl fails, says
@@ -56,19 +65,21 @@ ask_nuctl() {
     return 1
 }
 
-# listed all|managed LISTING: the names in a listing (deploy/nuctl_listing.py); fails,
-# saying why, on what is not a listing.
+# listed sync|managed LISTING: registry-sync in the pack's project, or the published
+# functions, in a listing (deploy/nuctl_listing.py); fails, saying why, on what is not one.
 listed() {
-    printf '%s' "$2" | "$PY" -m deploy.nuctl_listing "$1"
+    printf '%s' "$2" | "$PY" -m deploy.nuctl_listing "$1" --project "$PACK_PROJECT"
 }
 
 # Ask first, before deleting anything: a dashboard nuctl cannot reach, or a listing this
 # script does not understand, stops a real run here.
-ALL=()
+PACK_PROJECT="$(setting pack_project)"
+SYNC=unknown
 LISTING=""
 if [ "$ASK" = 1 ]; then
-    if LISTING="$(ask_nuctl)" && names="$(listed all "$LISTING")"; then
-        mapfile -t ALL < <(printf '%s' "$names")
+    if LISTING="$(ask_nuctl)" && names="$(listed sync "$LISTING")"; then
+        SYNC=no
+        [ -n "$names" ] && SYNC=yes
     elif [ "$DRY_RUN" = 0 ]; then
         die "cannot tell what is deployed, so nothing was removed; check that \`nuctl get function ${WHERE[*]}\` works here"
     else
@@ -77,13 +88,6 @@ if [ "$ASK" = 1 ]; then
     fi
 fi
 
-SYNC=unknown
-if [ "$ASK" = 1 ]; then
-    SYNC=no
-    for name in "${ALL[@]}"; do
-        if [ "$name" = registry-sync ]; then SYNC=yes; fi
-    done
-fi
 RUN_FAILED_HINT="what was removed stays removed; run deploy/remove.sh again for the rest"
 case "$SYNC" in
     yes) run nuctl delete function registry-sync "${WHERE[@]}" ;;
@@ -106,8 +110,7 @@ for name in "${published[@]}"; do
     run nuctl delete function "$name" "${WHERE[@]}"
 done
 
-PACK_PROJECT="$(setting pack_project)"
-PROJECT="$(deployed project "$PACK_PROJECT")"
+PROJECT="$(project_exists "$PACK_PROJECT")" || die "cannot tell whether project $PACK_PROJECT exists; $RUN_FAILED_HINT"
 case "$PROJECT" in
     yes) run nuctl delete project "$PACK_PROJECT" "${WHERE[@]}" ;;
     unknown) say "+ nuctl delete project $PACK_PROJECT ${WHERE[*]}   (when it exists)" ;;

@@ -496,9 +496,32 @@ def test_a_failed_delete_stops_the_removal_saying_what_failed(site, tmp_path):
     deletes = _shim_nuctl(site, tmp_path, json.dumps([fn]), delete_status=3)
     done = site.run("remove.sh")
     assert done.returncode == 1
-    assert ("error: nuctl delete function failed (exit status 3); what was removed stays removed; "
-            "run deploy/remove.sh again for the rest") in done.stderr
+    assert ("error: nuctl delete function registry-sync --platform local failed (exit status 3); what was "
+            "removed stays removed; run deploy/remove.sh again for the rest") in done.stderr
     assert deletes.read_text().splitlines() == ["delete function registry-sync --platform local"]
+
+
+def test_a_project_nuctl_cannot_ask_about_stops_the_removal(site, tmp_path):
+    # Listing works, then the dashboard drops out: `get project` fails with another error than not-found.
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "nuctl").write_text('#!/bin/sh\ncase "$1 $2" in\n  "get function") echo "[]" ;;\n'
+                                '  "get project") echo "connection refused" >&2; exit 1 ;;\nesac\n')
+    (shim / "nuctl").chmod(0o755)
+    site.env["PATH"] = f"{shim}:{site.env['PATH']}"
+    done = site.run("remove.sh")
+    assert done.returncode == 1
+    assert "nuctl get project cvat-gdrive-pack --platform local failed: connection refused" in done.stderr
+    assert "error: cannot tell whether project cvat-gdrive-pack exists" in done.stderr
+    assert "== removed" not in done.stderr
+
+
+def test_a_registry_sync_of_another_project_is_left_alone(site, tmp_path):
+    theirs = {"metadata": {"name": "registry-sync", "labels": {"nuclio.io/project-name": "someone-else"}}}
+    deletes = _shim_nuctl(site, tmp_path, json.dumps([theirs]))
+    done = site.run("remove.sh")
+    assert done.returncode == 0, done.stderr
+    assert not deletes.exists()
 
 
 def test_remove_on_kubernetes_needs_kubectl_before_it_starts(site, tmp_path):
