@@ -88,7 +88,10 @@ def test_make_demo_writes_json_and_pictures(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tools.demo", "--out", str(tmp_path)], capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "blazeface-face-detector            astronaut.png           1  face" in done.stdout
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert ["blazeface-face-detector", "astronaut.png", "1", "face"] in [row[:4] for row in rows]
+    # Image names in full, however long.
+    assert ["selfie-person-interactor", "astronaut.png", "click-minus-helmet", "1"] in [row[:4] for row in rows]
     outputs = sorted(p.relative_to(tmp_path / "output").as_posix() for p in (tmp_path / "output").rglob("*.*"))
     kinds = [o for o in outputs if o.split("/")[0] in KIND_DEMOS]  # interactor: 3 prompts; tracker: 1 sequence
     assert len(kinds) == 2 * (3 + 1)
