@@ -154,7 +154,8 @@ def load(env: Mapping[str, str], platform: str | None = None, *, gpu: bool = Fal
     if not cache_host.startswith("/"):
         bad.append(f"MODEL_CACHE_HOST_DIR must be an absolute path, got {cache_host!r}")
     elif posixpath.normpath(cache_host) in ("/", "//"):
-        # The cache evicts what it does not know under its root; "/" would put the host in its hands.
+        # The cache makes its folders (blobs/, snapshots/, tmp/, ...) at its root, and the removal
+        # advice is `rm -rf` of that root: never the host's own /.
         bad.append("MODEL_CACHE_HOST_DIR must be a folder of its own, not '/' (e.g. /var/cache/cvat-models)")
     interval, schedule = _get(env, "SYNC_INTERVAL") or None, _get(env, "SYNC_SCHEDULE") or None
     if interval and schedule:
