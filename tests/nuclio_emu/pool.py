@@ -325,6 +325,9 @@ class FunctionServer:
                 worker.proc.wait()
             worker.reader.join()
             worker.close()
+            # Every worker is gone now: wake a cron tick still waiting on one (the wait for its
+            # result has no timeout without eventTimeout, and this must never hang a stop).
+            worker.results.put(_GONE)
         for thread in self._cron_threads:
             thread.join()
         if self._http_thread is not None:
