@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import textwrap
 import threading
 import time
@@ -34,6 +35,8 @@ from tests.nuclio_emu import (
     http_event,
     parse_duration,
 )
+from tests.nuclio_emu import pool as emu
+from tools.nuclio_harness import event_message, pack_event
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCH = datetime.datetime(1970, 1, 1)
@@ -520,3 +523,18 @@ def test_init_failure_fails_the_start(tmp_path):
     with pytest.raises(ProcessorFailed, match="init failed on purpose"):
         with FunctionServer(fn):
             pass
+
+
+def test_a_worker_gone_with_an_event_unread_still_answers_whoever_waits(tmp_path):
+    # A frame sent as a worker exits stays unread; on a Unix socket its reader then sees
+    # ECONNRESET, not EOF, and must still hand the waiter the worker's end (a stop hung on it).
+    fn = write_function(tmp_path, triggers="    web:\n      kind: http\n")
+    with FunctionServer(fn) as server:
+        worker = server._pools["web"].acquire(5)
+        os.kill(worker.proc.pid, signal.SIGSTOP)   # it reads nothing more
+        assert worker.send(pack_event(event_message(b"{}", content_type="application/json",
+                                                         trigger_kind="http", trigger_name="web")))
+        worker.kill()
+        assert worker.result(10) is emu._GONE
+        worker.reader.join(10)
+        assert not worker.reader.is_alive()

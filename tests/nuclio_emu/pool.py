@@ -109,15 +109,21 @@ class _WorkerProcess:
         return WorkerInfo(self.trigger.name, self.worker_id, self.proc.pid, self.generation, self.proc.poll())
 
     def _read(self) -> None:
-        with self.sock.makefile("rb") as lines:
-            for line in lines:
-                kind, payload = line[:1], line[1:].rstrip(b"\n").decode()
-                if kind == b"s":
-                    self.ready.set()
-                elif kind == b"l":
-                    self.server._worker_log(self.label, payload)
-                elif kind == b"r":
-                    self.results.put(payload)
+        try:
+            with self.sock.makefile("rb") as lines:
+                for line in lines:
+                    kind, payload = line[:1], line[1:].rstrip(b"\n").decode()
+                    if kind == b"s":
+                        self.ready.set()
+                    elif kind == b"l":
+                        self.server._worker_log(self.label, payload)
+                    elif kind == b"r":
+                        self.results.put(payload)
+        except ConnectionResetError:
+            # The worker exited with an event frame unread (sent as it terminated): on a Unix
+            # socket that is ECONNRESET, not EOF. The end is the same, and whoever waits for the
+            # event's result must still get _GONE below, or a stop hangs on it.
+            pass
         code = self.proc.wait()
         if not self.expected_exit:
             self.server._fail(f"worker {self.label} (pid {self.proc.pid}) exited unexpectedly with code {code}"
@@ -325,9 +331,6 @@ class FunctionServer:
                 worker.proc.wait()
             worker.reader.join()
             worker.close()
-            # Every worker is gone now: wake a cron tick still waiting on one (the wait for its
-            # result has no timeout without eventTimeout, and this must never hang a stop).
-            worker.results.put(_GONE)
         for thread in self._cron_threads:
             thread.join()
         if self._http_thread is not None:
