@@ -29,39 +29,30 @@ if [ "$DRY_RUN" = 1 ] && ! command -v nuctl >/dev/null 2>&1; then
     say "note: nuctl is not on PATH, so this dry run cannot ask what is deployed"
 fi
 
+# nuctl's stderr of the last query, shown or read when it fails.
+NUCTL_ERR="$(mktemp)"
+trap 'rm -f "$NUCTL_ERR"' EXIT
+
 # project_exists NAME: yes, no, or unknown (not asked). Only nuctl's not-found answer
 # means no; any other failure (the dashboard gone meanwhile) stops with nuctl's words.
 project_exists() {
-    local err
     if [ "$ASK" = 0 ]; then
         echo unknown
-        return 0
-    fi
-    err="$(mktemp)"
-    if nuctl get project "$1" "${WHERE[@]}" >/dev/null 2>"$err"; then
+    elif nuctl get project "$1" "${WHERE[@]}" >/dev/null 2>"$NUCTL_ERR"; then
         echo yes
-    elif grep -qiE "not found|no projects found" "$err"; then
+    elif grep -qiE "not found|no projects found" "$NUCTL_ERR"; then
         echo no
     else
-        say "nuctl get project $1 ${WHERE[*]} failed: $(head -c 400 "$err")"
-        rm -f "$err"
+        say "nuctl get project $1 ${WHERE[*]} failed: $(head -c 400 "$NUCTL_ERR")"
         return 1
     fi
-    rm -f "$err"
 }
 
 # ask_nuctl: nuctl's JSON listing of every function, on stdout; when nuctl fails, says
 # nuctl's own words and fails.
 ask_nuctl() {
-    local err listing
-    err="$(mktemp)"
-    if listing="$(nuctl get function "${WHERE[@]}" -o json 2>"$err")"; then
-        rm -f "$err"
-        printf '%s' "$listing"
-        return 0
-    fi
-    say "nuctl get function ${WHERE[*]} -o json failed: $(head -c 400 "$err")"
-    rm -f "$err"
+    nuctl get function "${WHERE[@]}" -o json 2>"$NUCTL_ERR" && return 0
+    say "nuctl get function ${WHERE[*]} -o json failed: $(head -c 400 "$NUCTL_ERR")"
     return 1
 }
 
